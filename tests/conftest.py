@@ -1,0 +1,54 @@
+"""Shared fixtures: isolated plugin loading and tiny recipes."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqtoolkit import plugins
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    """Every test starts with no plugins loaded and with VQT_LOAD_PLUGINS unset."""
+    monkeypatch.delenv("VQT_LOAD_PLUGINS", raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a throwaway plugin distribution: a module plus a dist-info with an entry point.
+
+    importlib.metadata finds it on sys.path exactly as it finds a pip-installed package.
+    """
+
+    def install(name: str, source: str, version: str = "1.0") -> str:
+        site = tmp_path / f"site_{name}"
+        site.mkdir()
+        module = f"vqt_test_{name}"
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        dist = site / f"vqt_test_{name}-{version}.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vqt-test-{name}\nVersion: {version}\n")
+        (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{name} = {module}\n")
+        monkeypatch.syspath_prepend(str(site))
+        plugins.reset()
+        return module
+
+    yield install
+    for mod in [m for m in sys.modules if m.startswith("vqt_test_")]:
+        del sys.modules[mod]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path

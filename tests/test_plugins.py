@@ -1,0 +1,122 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vqtoolkit import conditions, plugins
+from vqtoolkit.cli import cli
+from vqtoolkit.errors import PluginError
+
+BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}
+
+NORMALS = """
+from vqtoolkit.conditions import Condition
+from vqtoolkit.hookspecs import hookimpl
+import click
+
+class Normals(Condition):
+    name = "normals"
+    description = "surface normals"
+    kind = "spatial"
+
+@hookimpl
+def vqt_register_conditions(registry):
+    registry.register(Normals())
+
+@hookimpl
+def vqt_register_commands(cli):
+    @cli.command("hello")
+    def hello():
+        click.echo("hello from a plugin")
+"""
+
+
+def test_builtins_registered_through_entry_points():
+    manager = plugins.get_plugin_manager()
+    assert {p.name for p in manager.plugins} >= BUILTINS
+    assert all(p.source == "built-in" for p in manager.plugins if p.name in BUILTINS)
+    assert set(conditions.registered()) == BUILTINS
+
+
+def test_plugins_command_lists_builtins():
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    for name in BUILTINS:
+        assert name in result.output
+    data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert set(data["conditions"]) == BUILTINS
+    assert {p["name"] for p in data["plugins"]} >= BUILTINS
+
+
+def test_third_party_plugin_is_listed_and_adds_command(install_plugin):
+    install_plugin("normals", NORMALS, version="2.3")
+    data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    entry = next(p for p in data["plugins"] if p["name"] == "normals")
+    assert entry["source"] == "vqt-test-normals 2.3"
+    assert entry["hooks"] == ["vqt_register_commands", "vqt_register_conditions"]
+    assert data["conditions"]["normals"]["plugin"] == "normals"
+    result = CliRunner().invoke(cli, ["hello"])
+    assert result.exit_code == 0 and "hello from a plugin" in result.output
+
+
+def test_broken_plugin_is_reported_and_skipped(install_plugin):
+    install_plugin("broken", "raise RuntimeError('boom at import')\n")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--help"]).exit_code == 0
+    result = runner.invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    assert "broken" in result.output and "boom at import" in result.output
+    assert set(conditions.registered()) == BUILTINS
+
+
+def test_plugin_whose_hook_raises_is_reported(install_plugin):
+    install_plugin("faulty", """
+        from vqtoolkit.hookspecs import hookimpl
+        @hookimpl
+        def vqt_register_conditions(registry):
+            raise ValueError("cannot register")
+    """)
+    assert set(conditions.registered()) == BUILTINS
+    assert "cannot register" in plugins.get_plugin_manager().info("faulty").error
+
+
+def test_misspelled_hook_is_reported(install_plugin):
+    install_plugin("typo", """
+        from vqtoolkit.hookspecs import hookimpl
+        @hookimpl
+        def vqt_register_condition(registry):
+            pass
+    """)
+    info = plugins.get_plugin_manager().info("typo")
+    assert "unknown hook" in info.error
+
+
+def test_vqt_load_plugins_empty_loads_only_builtins(install_plugin, monkeypatch):
+    install_plugin("normals", NORMALS)
+    monkeypatch.setenv("VQT_LOAD_PLUGINS", "")
+    plugins.reset()
+    assert {p.name for p in plugins.get_plugin_manager().plugins} == BUILTINS
+    monkeypatch.setenv("VQT_LOAD_PLUGINS", "normals")
+    plugins.reset()
+    assert "normals" in {p.name for p in plugins.get_plugin_manager().plugins}
+
+
+def test_duplicate_condition_names_both_plugins(install_plugin):
+    install_plugin("otherdepth", """
+        from vqtoolkit.conditions import Condition
+        from vqtoolkit.hookspecs import hookimpl
+        class Depth(Condition):
+            name = "depth"
+        @hookimpl
+        def vqt_register_conditions(registry):
+            registry.register(Depth())
+    """)
+    with pytest.raises(PluginError, match=r"'depth' is registered twice: by plugin depth and by plugin otherdepth"):
+        conditions.registered()
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert "registered twice" in result.output
+
+
+def test_unknown_condition_suggests():
+    with pytest.raises(PluginError, match=r"unknown condition 'sgmentation'; did you mean 'segmentation'\?"):
+        conditions.get_condition("sgmentation")

@@ -1,0 +1,88 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vqtoolkit.errors import RecipeError
+from vqtoolkit.recipes import (Recipe, TrainConfig, load_recipe, parse_override, recipe_from_dict,
+                               recipe_to_toml, tomllib)
+
+from .conftest import write
+
+
+def test_defaults_are_the_paper_ffhq_model():
+    r = Recipe()
+    assert r.model.ch == 128 and r.model.ch_mult == (1, 1, 2, 2, 4) and r.model.factor == 16
+    assert r.quantizer.n_codes == 1024 and r.loss.disc_start == 30001
+
+
+def test_load_with_overrides(tmp_path):
+    path = write(tmp_path / "r.toml", """
+        [train]
+        batch_size = 4
+        [model]
+        ch_mult = [1, 2]
+    """)
+    r = load_recipe(path, ["train.batch_size=8", "data.root=/some/where", "model.dropout=0.1"])
+    assert r.train.batch_size == 8
+    assert r.data.root == "/some/where"
+    assert r.model.ch_mult == (1, 2) and r.model.dropout == 0.1
+    assert r.stem == "r"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[trian]\nmax_steps = 1\n", r"unknown section \[trian\]; did you mean 'train'\?"),
+    ("[train]\nbach_size = 1\n", r"unknown key 'train.bach_size'; did you mean 'batch_size'\?"),
+    ("[train]\nbatch_size = 'big'\n", r"train.batch_size = 'big' has the wrong type: expected an integer"),
+    ("[train]\nbatch_size = 2.5\n", r"expected an integer"),
+    ("[train]\nbase_learning_rate = -1.0\n", r"train.base_learning_rate = -1.0 is invalid: expected a positive"),
+    ("[model]\nch = 100\n", r"model.ch = 100 is invalid: expected a positive multiple of 32"),
+    ("[loss]\ndisc_loss = 'hingе'\n", r"loss.disc_loss = 'hingе' is invalid: expected one of 'hinge', 'vanilla'"),
+    ("[train]\nchannels_last = 1\n", r"expected true or false"),
+    ("[model]\nch_mult = 3\n", r"expected a list of int"),
+    ("train = 3\n", r"'train' must be a section"),
+])
+def test_bad_recipes_name_the_key(tmp_path, text, message):
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.toml")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(write(tmp_path / "x.toml", "[train\n"))
+
+
+@pytest.mark.parametrize("text", ["batch_size=3", "train.=3", "a.b.c=1", "train"])
+def test_bad_overrides(text):
+    with pytest.raises(RecipeError, match="--set"):
+        parse_override(text)
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe(write(tmp_path / "r.toml", "[condition]\nname = 'depth'\nn_labels = 3\n"))
+    assert r.condition.options == {"n_labels": 3}
+    again = recipe_from_dict(tomllib.loads(recipe_to_toml(r)))
+    assert again.model == r.model and again.train == r.train and again.condition == r.condition
+
+
+@given(st.integers(min_value=-10, max_value=10**6))
+def test_batch_size_override_property(value):
+    tables = {"train": {"batch_size": value}}
+    if value >= 1:
+        assert recipe_from_dict(tables).train.batch_size == value
+    else:
+        with pytest.raises(RecipeError, match="train.batch_size"):
+            recipe_from_dict(tables)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=12), st.integers(), max_size=3))
+def test_unknown_keys_always_named(table):
+    known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+    try:
+        recipe_from_dict({"train": table})
+    except RecipeError as e:
+        bad = [k for k in table if k not in known]
+        assert bad, "only unknown keys or invalid values may fail"
+        assert "train." in str(e)

@@ -1,0 +1,35 @@
+"""The plugin hooks of vqtoolkit (pluggy project name and entry-point group: ``vqtoolkit``).
+
+Every hook is documented in docs/plugin_hooks.md; tests/test_docs.py fails when one is not.
+Implementations may accept a subset of the arguments, so adding an argument breaks no plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .conditions import ConditionRegistry
+
+hookspec = pluggy.HookspecMarker("vqtoolkit")
+hookimpl = pluggy.HookimplMarker("vqtoolkit")
+
+
+@hookspec
+def vqt_register_conditions(registry: ConditionRegistry) -> None:
+    """Add conditioning modalities with ``registry.register(condition)``.
+
+    Fires once, the first time a command needs the condition registry. Returns nothing.
+    """
+
+
+@hookspec
+def vqt_register_commands(cli: click.Group) -> None:
+    """Add click commands to the ``vqt`` command group with ``cli.add_command``.
+
+    Fires when the CLI lists or resolves its commands. Returns nothing.
+    """

@@ -1,0 +1,136 @@
+"""Plugin manager: loads the ``vqtoolkit`` entry-point group, built-ins included.
+
+Built-in plugins are entries of the same group as third-party ones (see pyproject.toml), so the
+core never imports them. ``VQT_LOAD_PLUGINS`` restricts loading: a comma-separated list of plugin
+names to load besides the built-ins (empty: built-ins only; unset: everything installed).
+A plugin that fails to import, or whose hook raises, is recorded by name and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import VqtError
+
+GROUP = "vqtoolkit"
+BUILTIN_DISTRIBUTION = "vqtoolkit"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str  # "built-in" or "<distribution> <version>"
+    hooks: list[str] = field(default_factory=list)
+    error: str = ""  # why it was skipped, if it was
+
+
+@dataclass
+class PluginManager:
+    pm: pluggy.PluginManager
+    plugins: list[PluginInfo]
+
+    def info(self, name: str) -> PluginInfo:
+        return next(p for p in self.plugins if p.name == name)
+
+    def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]]) -> None:
+        """Call a hook plugin by plugin with `kwargs_for(plugin_name)`.
+
+        A plugin whose hook raises is reported and skipped; the rest still run. A VqtError (such as
+        a duplicate condition name) is a conflict the user must resolve, so it propagates.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            wanted = {k: v for k, v in kwargs_for(impl.plugin_name).items() if k in impl.argnames}
+            try:
+                impl.function(**wanted)
+            except VqtError:
+                raise
+            except Exception as e:  # a broken plugin must not take down the rest
+                info = self.info(impl.plugin_name)
+                info.error = f"{hook_name} failed: {type(e).__name__}: {e}"
+                log.warning("plugin %s: %s", impl.plugin_name, info.error)
+
+
+_manager: PluginManager | None = None
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get("VQT_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def _source(ep: metadata.EntryPoint) -> str:
+    dist = ep.dist
+    if dist is None:
+        return "unknown"
+    if dist.name == BUILTIN_DISTRIBUTION:
+        return "built-in"
+    return f"{dist.name} {dist.version}"
+
+
+def load_plugins() -> PluginManager:
+    """Build a fresh plugin manager from the installed entry points."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    allowed = _allowed()
+    infos: list[PluginInfo] = []
+    seen: set[str] = set()
+    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        if ep.name in seen:  # the same distribution can be visible twice on sys.path
+            continue
+        seen.add(ep.name)
+        source = _source(ep)
+        if allowed is not None and source != "built-in" and ep.name not in allowed:
+            continue
+        info = PluginInfo(ep.name, source)
+        infos.append(info)
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as e:  # any import-time failure of a plugin
+            info.error = f"failed to load: {type(e).__name__}: {e}"
+            log.warning("plugin %s %s", ep.name, info.error)
+            continue
+        try:
+            pm.check_pending()  # a misspelled hook name (e.g. vqt_register_condition)
+        except pluggy.PluginValidationError as e:
+            pm.unregister(name=ep.name)
+            info.error = f"implements an unknown hook: {e}"
+            log.warning("plugin %s %s", ep.name, info.error)
+            continue
+        info.hooks = sorted(_hook_names(pm, ep.name))
+    return PluginManager(pm, infos)
+
+
+def _hook_names(pm: pluggy.PluginManager, name: str) -> list[str]:
+    plugin = pm.get_plugin(name)
+    return [caller.name for caller in (pm.get_hookcallers(plugin) or [])]
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loaded on first use (never at import time)."""
+    global _manager
+    if _manager is None:
+        _manager = load_plugins()
+    return _manager
+
+
+def reset() -> None:
+    """Forget loaded plugins (tests, and after VQT_LOAD_PLUGINS changes)."""
+    global _manager
+    _manager = None
+    from . import conditions
+
+    conditions.reset_registry()

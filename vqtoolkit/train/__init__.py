@@ -1,0 +1,1 @@
+"""Training loops: shared machinery (loop.py) and the two stages."""
