@@ -295,15 +295,137 @@ def _device(name: str) -> str:
     return name
 
 
-def _not_built(name: str, issue: str) -> None:
-    @cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help=f"(not built yet: {issue})", add_help_option=False)
-    def command() -> None:
-        raise VqtError(f"'vqt {name}' is not built yet ({issue}); nothing was done")
+@cli.command("tokenize")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", default="", help="Stage-1 bundle (default: transformer.first_stage).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the token shards.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--force", is_flag=True, help="Replace existing shards.")
+def tokenize_command(recipe_path: str, model_path: str, out: str, overrides: tuple[str, ...], batch_size: int,
+                     device: str, force: bool) -> None:
+    """Encode a recipe's images (and conditions) into token shards for train-stage2 (resumable)."""
+    from .recipes import load_recipe
+    from .tokens import tokenize_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    bar = _Bar("tokenize", "img")
+    try:
+        manifest = tokenize_recipe(recipe, out, model_path=model_path, device=_device(device),
+                                   batch_size=batch_size, progress_factory=bar.items, force=force)
+    finally:
+        bar.close()
+    click.echo(f"wrote {manifest['count']} token grids of {manifest['grid'][1]}x{manifest['grid'][0]} to {out}; "
+               f"train with: vqt train-stage2 RECIPE --set data.tokens={out}")
 
 
-for _name, _issue in (("tokenize", "stage 2"), ("train-stage2", "stage 2"), ("sample", "stage 2")):
-    _not_built(_name, _issue)
+@cli.command("train-stage2")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@_recipe_options
+def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
+                         force: bool, device: str | None) -> None:
+    """Train the transformer (stage 2) from a TOML recipe."""
+    from .recipes import load_recipe
+    from .train.stage2 import train_stage2
+
+    recipe = load_recipe(recipe_path, overrides)
+    bar = _Bar("stage 2", "step")
+    try:
+        summary = train_stage2(recipe, out or f"runs/{recipe.stem}", resume=resume, force=force,
+                               device=device, progress=bar.steps)
+    finally:
+        bar.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"finished at step {summary['step']}: model {summary['bundle']}")
+        if "bits_per_token" in summary:
+            click.echo(f"held-out: {summary['bits_per_token']:.4f} bits per token")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (height, width), with errors that say what was expected."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise VqtError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 1024x576")
+    width, height = (int(p) for p in parts)
+    if width < 1 or height < 1:
+        raise VqtError(f"--size {text!r}: width and height must be positive")
+    return height, width
+
+
+@cli.command("sample")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Stage-2 bundle (.safetensors).")
+@click.option("--cond", default=None, help="Condition input, usually a file (e.g. depth.png).")
+@click.option("--class", "class_label", type=int, default=None, help="Class label (class-conditional models).")
+@click.option("--size", "size_text", required=True, help="Output size WIDTHxHEIGHT in pixels, e.g. 1024x576.")
+@click.option("--n", type=int, default=1, show_default=True, help="Number of samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--top-k", type=int, default=None, help="Sample among the k most likely codes.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling mass in (0, 1].")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--window-stride", type=int, default=4, show_default=True,
+              help="Sliding-window step in codes (1: the reference behaviour, slowest).")
+@click.option("--cfg-scale", type=float, default=1.0, show_default=True,
+              help="Classifier-free guidance scale (models trained with label dropout).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("-o", "--out", required=True, help="Output folder, or a .png file when --n 1.")
+@click.option("--codes", "keep_codes", is_flag=True, help="Also write the sampled indices (.npy).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def sample_command(model_path: str, cond: str | None, class_label: int | None, size_text: str, n: int,
+                   seed: int, top_k: int | None, top_p: float | None, temperature: float, window_stride: int,
+                   cfg_scale: float, batch_size: int, out: str, keep_codes: bool, device: str,
+                   force: bool) -> None:
+    """Draw images of any size (sliding window beyond the training window)."""
+    from .fileio import check_new
+    from .generator import Stage2Model
+    from .images import image_grid, save_codes, save_png, to_uint8
+
+    size = parse_size(size_text)
+    if n < 1:
+        raise VqtError(f"--n must be at least 1, got {n}")
+    if cond is not None and class_label is not None:
+        raise VqtError("pass either --cond or --class, not both")
+    target = Path(out)
+    single = target.suffix.lower() == ".png"
+    if single and n != 1:
+        raise VqtError(f"-o {out} names one file but --n is {n}; pass a folder")
+    paths = [target] if single else [target / f"sample_{i:04d}.png" for i in range(n)]
+    codes_path = target.with_suffix(".npy") if single else target / "codes.npy"
+    for p in paths + ([codes_path] if keep_codes else []):
+        check_new(p, force)
+    model = Stage2Model.load(model_path, _device(device))
+    grid = model.check_size(*size)
+    raw = None
+    spec = cond if cond is not None else (None if class_label is None else str(class_label))
+    if spec is not None:
+        if model.condition is None:
+            raise VqtError("this model is unconditional; drop --cond/--class")
+        raw = model.condition.condition.read(spec, size, model.condition.options)
+    bar = _Bar("sample", "tok")
+    state = {"last": 0}
+
+    def progress(done: int, total: int) -> None:
+        if bar.bar is None:
+            bar.items(total)
+        bar.bar.update(done - state["last"])
+        state["last"] = done
+
+    try:
+        images, codes = model.sample(n, size, cond=raw, seed=seed, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, window_stride=window_stride, progress=progress,
+                                     batch_size=batch_size, cfg_scale=cfg_scale)
+    finally:
+        bar.close()
+    for img, p in zip(images, paths):
+        save_png(to_uint8(img), p, force=force)
+    if keep_codes:
+        save_codes(codes.cpu().numpy(), codes_path, force=force)
+    if raw is not None and raw.ndim == 3 and not single:
+        rendered = model.condition.condition.render(raw, model.condition.options)
+        save_png(image_grid([[rendered] + [to_uint8(i) for i in images[:3]]]), target / "grid.png", force=force)
+    click.echo(f"wrote {n} sample(s) of {size[1]}x{size[0]} ({grid[1]}x{grid[0]} codes) to {out}")
 
 
 def main() -> None:

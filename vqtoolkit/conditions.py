@@ -8,7 +8,10 @@ registered through the `vqt_register_conditions` hook like any third-party one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
 
 from .errors import PluginError
 from .recipes import did_you_mean
@@ -16,16 +19,70 @@ from .recipes import did_you_mean
 Kind = Literal["spatial", "global", "positional"]
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A condition without recipe keys of its own."""
+
+
 class Condition:
-    """One conditioning modality, end to end.
+    """One conditioning modality, end to end; subclass it and register an instance.
 
     kind: "spatial" (an index grid aligned with the image grid: segmentation, depth, ...),
-    "global" (a few tokens for the whole image: class) or "positional" (coordinates).
+    "global" (a few tokens for the whole image: class) or "positional" (a grid of coordinates).
+    Spatial and positional token grids are cropped with the same window as the image grid.
+
+    A *raw* condition is what the condition stage reads: a float tensor (C, H, W) aligned with the
+    image for spatial/positional kinds, an int64 tensor (L,) for global ones. `Options` is a frozen
+    dataclass of this modality's keys in a recipe's [condition] section.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kind: ClassVar[Kind] = "spatial"
+    Options: ClassVar[type] = NoOptions
+    has_stage: ClassVar[bool] = True  # encoded by a VQGAN of its own (trained with train-stage1)
+
+    def parse_options(self, raw: dict[str, Any], where: str) -> Any:
+        """Check the recipe's [condition] keys against `Options`."""
+        from .recipes import build_section
+
+        return build_section("condition", self.Options, raw, where)
+
+    def stage_channels(self, options: Any) -> int:
+        """Channels of the raw condition, i.e. the input of its VQGAN."""
+        raise NotImplementedError(f"condition '{self.name}' has no VQGAN stage")
+
+    def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
+        """The raw condition of a dataset item: read from its paired data or derived from its image."""
+        raise NotImplementedError
+
+    def read(self, spec: str, size: tuple[int, int], options: Any) -> torch.Tensor:
+        """The raw condition from what the user passed to `vqt sample --cond` (usually a file path),
+        for an image of `size` (H, W) pixels. Raise a VqtError naming the file when it is unsuitable."""
+        raise NotImplementedError
+
+    def render(self, raw: torch.Tensor, options: Any) -> np.ndarray:
+        """An RGB uint8 (H, W, 3) picture of a raw condition, for sample grids."""
+        raise NotImplementedError
+
+    def tokens(self, raw: torch.Tensor, options: Any, stage: Any) -> torch.Tensor:
+        """Raw conditions (B, ...) -> tokens: (B, h, w) grids for spatial/positional kinds, (B, L)
+        for global ones. `stage` is the loaded condition-stage Stage1Model, or None without one."""
+        indices = stage.encode(raw)  # (B, h, w)
+        return indices
+
+    def vocab_size(self, options: Any, stage: Any) -> int:
+        """Number of distinct condition tokens (the transformer's vocabulary must cover them)."""
+        return stage.n_codes
+
+    def train_tokens(self, tokens: torch.Tensor, options: Any, generator: torch.Generator) -> torch.Tensor:
+        """Tokens as the transformer sees them in training (e.g. class labels dropped to a null token
+        for classifier-free guidance). Default: unchanged."""
+        return tokens
+
+    def null_tokens(self, options: Any) -> torch.Tensor | None:
+        """The "no condition" tokens (L,) for classifier-free guidance, or None when unsupported."""
+        return None
 
 
 @dataclass(frozen=True)

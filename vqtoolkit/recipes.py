@@ -105,7 +105,7 @@ class QuantizerConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    pixel_loss: Literal["l1", "l2"] = "l1"
+    pixel_loss: Literal["l1", "l2", "bce"] = "l1"  # bce: one-hot inputs (segmentation), logits out
     pixel_weight: float = 1.0
     perceptual_weight: float = 1.0  # LPIPS (VGG); 0 trains without it and needs no VGG weights
     perceptual_backbone: Literal["vgg", "random"] = "vgg"  # "random": smoke tests only, never silent
@@ -279,7 +279,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported recipe field type {hint!r}")  # a bug in this module, not user input
 
 
-def _build_section(name: str, cls: type, table: dict[str, Any], where: str) -> Any:
+def build_section(name: str, cls: type, table: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a TOML table, checking every key and type."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -305,7 +306,7 @@ def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = 
             raise RecipeError(f"{where}: unknown section [{name}]{did_you_mean(name, _SECTIONS)}")
         if not isinstance(table, dict):
             raise RecipeError(f"{where}: '{name}' must be a section [{name}], got {table!r}")
-        sections[name] = _build_section(name, hints[name], table, where)
+        sections[name] = build_section(name, hints[name], table, where)
     return Recipe(**sections, path=path)
 
 
@@ -359,7 +360,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
 def section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Rebuild one config dataclass (e.g. ModelConfig) from a bundle's stored JSON config."""
     name = cls.__name__.removesuffix("Config").lower()
-    return _build_section(name, cls, values, where)
+    return build_section(name, cls, values, where)
 
 
 def _toml_value(value: Any) -> str:

@@ -1,0 +1,193 @@
+"""Datasets: folder scanning, resizing and cropping, skipping bad files, list files, synthetic scenes."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vqtoolkit.data import ImageFolder, SyntheticScenes, build_dataset
+from vqtoolkit.errors import DataError, ImageError
+from vqtoolkit.images import to_tensor
+from vqtoolkit.synthetic import PERSON, flip_pose, render_scene
+
+
+def _img(path, mode="RGB", size=(40, 30), colour=(200, 10, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "data"
+    _img(root / "a.png")
+    _img(root / "sub" / "deeper" / "b.JPG", "L", colour=90)
+    _img(root / "sub" / "c.tiff", "RGBA", colour=(0, 0, 255, 0))  # fully transparent: white
+    _img(root / ".hidden" / "x.png")
+    _img(root / "._resource.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_recursion_and_modes(tree):
+    ds = ImageFolder(tree, 16, train=False)
+    assert ds.names == ["a.png", "sub/c.tiff", "sub/deeper/b.JPG"]
+    items = [ds[i] for i in range(len(ds))]
+    assert [it["name"] for it in items] == ds.names
+    for it in items:
+        assert it["image"].shape == (3, 16, 16) and it["image"].dtype == torch.float32
+    assert torch.allclose(items[1]["image"], torch.ones(3, 16, 16))  # transparent -> white
+    grey = items[2]["image"]
+    assert torch.equal(grey[0], grey[1]) and torch.allclose(grey, torch.tensor(90 / 127.5 - 1))
+    one = ImageFolder(tree, 8, channels=1, train=False)[0]["image"]
+    assert one.shape == (1, 8, 8)
+
+
+def test_resize_smallest_side_then_centre_crop(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    item = ImageFolder(tmp_path, 10, train=False)[0]
+    resized = np.asarray(Image.fromarray(arr).resize((20, 10), Image.Resampling.BICUBIC))
+    assert torch.equal(item["image"], to_tensor(resized[:, 5:15]))
+
+
+def test_train_crops_are_random_crops_and_flips(tmp_path):
+    arr = np.random.default_rng(1).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    resized = to_tensor(np.asarray(Image.fromarray(arr).resize((20, 10), Image.Resampling.BICUBIC)))
+    ds = ImageFolder(tmp_path, 10, train=True)
+    windows = [resized[:, :, x : x + 10] for x in range(11)]
+    found = set()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(30):
+            img = ds[0]["image"]
+            candidates = [(x, f, win.flip(-1) if f else win) for x, win in enumerate(windows) for f in (0, 1)]
+            match = [(x, f) for x, f, win in candidates if torch.equal(img, win)]
+            assert match, "a train item must be a crop (possibly flipped) of the resized image"
+            found.add(match[0][1])
+    assert found == {0, 1}
+
+
+def test_skips_unreadable_files_and_records_them(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("oops")
+    _img(tmp_path / "c.png", colour=(0, 255, 0))
+    ds = ImageFolder(tmp_path, 8, train=False)
+    assert len(ds) == 3
+    item = ds[1]
+    assert item["name"] == "c.png"  # item 1 falls back to the next readable file
+    assert ds[1]["name"] == "c.png"
+    assert len(ds.skipped) == 1
+    path, reason = ds.skipped[0]
+    assert path.endswith("b.png") and "not an image file" in reason
+    assert "3 images" in ds.summary() and "1 skipped" in ds.summary() and "b.png" in ds.summary()
+
+    strict = ImageFolder(tmp_path, 8, train=False, strict=True)
+    with pytest.raises(ImageError, match=r"b\.png is not an image file"):
+        strict[1]
+
+
+def test_all_unreadable_is_a_data_error(tmp_path):
+    (tmp_path / "a.png").write_text("x")
+    (tmp_path / "b.jpg").write_text("y")
+    with pytest.raises(DataError, match="none of the 2 images"):
+        ImageFolder(tmp_path, 8)[0]
+
+
+def test_list_file_relative_to_its_folder(tmp_path):
+    a = _img(tmp_path / "imgs" / "a.png")
+    b = _img(tmp_path / "elsewhere" / "b.png", colour=(1, 2, 3))
+    lst = tmp_path / "lists" / "train.txt"
+    lst.parent.mkdir()
+    lst.write_text(f"../imgs/a.png\n\n{b}\n")
+    ds = ImageFolder(None, 8, train=False, list_file=lst)
+    assert ds.names == ["../imgs/a.png", str(b)]
+    assert ds[0]["image"].shape == (3, 8, 8)
+    assert a.exists()
+
+
+def test_list_file_errors(tmp_path, monkeypatch):
+    _img(tmp_path / "imgs" / "a.png")
+    lst = tmp_path / "lists" / "l.txt"
+    lst.parent.mkdir()
+    lst.write_text("imgs/a.png\nmissing.png\n")  # written relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    msg = r"2 of 2 listed images do not exist.*1 of them exist relative to the current"
+    with pytest.raises(DataError, match=msg):
+        ImageFolder(None, 8, list_file=lst)
+    lst.write_text("\n")
+    with pytest.raises(DataError, match="names no images"):
+        ImageFolder(None, 8, list_file=lst)
+    with pytest.raises(DataError, match=r"list file .*nope\.txt does not exist"):
+        ImageFolder(None, 8, list_file=tmp_path / "nope.txt")
+
+
+def test_empty_or_missing_root(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"data root .*empty holds no images \(looked for \.png, \.jpg"):
+        ImageFolder(tmp_path / "empty", 8)
+    with pytest.raises(DataError, match=r"data root .*absent is not a folder \(looked for \.png"):
+        ImageFolder(tmp_path / "absent", 8)
+
+
+def test_synthetic_items_and_determinism():
+    ds = SyntheticScenes(5, 24, seed=3, train=False)
+    item = ds[2]
+    scene = render_scene(3 * 1_000_003 + 2, 24)
+    assert item["name"] == "synthetic/000002"
+    assert torch.equal(item["image"], to_tensor(scene.image))
+    assert torch.equal(item["depth"], torch.from_numpy(np.array(scene.depth)))
+    assert item["segmentation"].dtype == torch.int64 and item["label"].item() == scene.label
+    assert torch.equal(item["pose"], torch.from_numpy(np.array(scene.pose)))
+    again = SyntheticScenes(5, 24, seed=3, train=False)[2]
+    assert all(torch.equal(item[k], again[k]) for k in ("image", "depth", "segmentation", "pose"))
+    assert SyntheticScenes(2, 16, channels=1)[0]["image"].shape == (1, 16, 16)
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def _flipped(ds, k):
+    scene = render_scene(ds.seed * 1_000_003 + k, ds.size)
+    return not torch.equal(ds[k]["image"], to_tensor(scene.image))
+
+
+def test_synthetic_flips_follow_seed_and_epoch():
+    ds = SyntheticScenes(16, 16, seed=1, train=True)
+    first = [_flipped(ds, k) for k in range(16)]
+    assert first == [_flipped(SyntheticScenes(16, 16, seed=1), k) for k in range(16)]
+    assert 0 < sum(first) < 16
+    ds.set_epoch(1)
+    assert [_flipped(ds, k) for k in range(16)] != first
+
+
+def test_synthetic_flip_is_consistent_across_modalities():
+    ds = SyntheticScenes(16, 32, seed=0, train=True)
+    k = next(k for k in range(16) if _flipped(ds, k))
+    item, scene = ds[k], render_scene(k, 32)
+    assert torch.equal(item["image"], to_tensor(np.ascontiguousarray(scene.image[:, ::-1])))
+    assert torch.equal(item["depth"], torch.from_numpy(scene.depth[:, ::-1].copy()))
+    assert torch.equal(item["segmentation"], torch.from_numpy(scene.segmentation[:, ::-1].copy()))
+    assert torch.equal(item["pose"], torch.from_numpy(flip_pose(scene.pose, 32)))
+    for x, y, v in item["pose"].tolist():
+        if v == 2:  # a visible keypoint still lands on the person after the flip
+            assert item["segmentation"][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))] == PERSON
+
+
+def test_synthetic_batches_collate():
+    batch = next(iter(DataLoader(SyntheticScenes(4, 16), batch_size=4)))
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["depth"].shape == (4, 16, 16)
+    assert batch["pose"].shape == (4, 17, 3) and batch["label"].shape == (4,)
+    assert batch["name"] == [f"synthetic/{k:06d}" for k in range(4)]
+
+
+def test_build_dataset(tree):
+    assert isinstance(build_dataset("folder", tree, 8), ImageFolder)
+    synth = build_dataset("synthetic", None, 8, n=3, seed=2)
+    assert isinstance(synth, SyntheticScenes) and len(synth) == 3
+    with pytest.raises(DataError, match=r"unknown data source 'synthetc'; did you mean 'synthetic'\?"):
+        build_dataset("synthetc", None, 8)
+    with pytest.raises(DataError, match="n must be at least 1"):
+        build_dataset("synthetic", None, 8, n=0)

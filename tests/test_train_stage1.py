@@ -1,0 +1,141 @@
+"""Stage-1 training end to end on tiny models: files, resume, signals, non-finite losses."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vqtoolkit.api import Stage1Model
+from vqtoolkit.checkpoint import load_bundle
+from vqtoolkit.cli import cli
+from vqtoolkit.errors import VqtError
+from vqtoolkit.recipes import load_recipe
+from vqtoolkit.train import stage1
+from vqtoolkit.train.loop import TrainingStopped
+
+from .conftest import write
+
+TINY = """
+[data]
+source = "synthetic"
+size = 16
+n = 24
+val_n = 4
+num_workers = 0
+
+[model]
+ch = 32
+ch_mult = [1, 2]
+num_res_blocks = 1
+attn_resolutions = [8]
+z_channels = 8
+resolution = 16
+
+[quantizer]
+n_codes = 16
+embed_dim = 8
+
+[loss]
+perceptual_weight = 0.0
+disc_start = 2
+disc_ndf = 8
+disc_layers = 1
+
+[train]
+max_steps = 4
+batch_size = 4
+base_learning_rate = 1e-4
+checkpoint_every = 2
+sample_every = 2
+log_every = 1
+"""
+
+
+@pytest.fixture
+def recipe_path(tmp_path):
+    return write(tmp_path / "tiny.toml", TINY)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, list(args))
+    return result
+
+
+def test_train_writes_run_folder(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "finished at step 4" in result.output and "held-out: psnr" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["last.safetensors", "metrics.jsonl", "recipe.toml",
+                                                     "samples", "state.safetensors"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["reconstructions_0000002.png",
+                                                                   "reconstructions_0000004.png"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records[:4]] == [1, 2, 3, 4]
+    assert records[2]["disc_loss"] > 0 and records[0].get("disc_loss", 0) == 0  # GAN on from step 2
+    assert "val_psnr" in records[-1]
+    model = Stage1Model.load(out / "last.safetensors")
+    assert model.factor == 2 and model.encode(torch.zeros(1, 3, 16, 16)).shape == (1, 8, 8)
+    assert load_recipe(out / "recipe.toml").model == load_recipe(recipe_path).model
+
+
+def test_existing_run_needs_resume_or_force(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(out), "--set", "train.max_steps=2").exit_code == 0
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(out))
+    assert result.exit_code == 1 and "already holds a run; pass --resume" in result.output
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "new"), "--resume")
+    assert result.exit_code == 1 and "holds no training state" in result.output
+    changed = run_cli("train-stage1", str(recipe_path), "--out", str(out), "--resume", "--set", "model.ch=64")
+    assert changed.exit_code == 1 and "recipe's [model] differs" in changed.output
+
+
+def test_resume_is_exact(recipe_path, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(straight)).exit_code == 0
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(split), "--set", "train.max_steps=3").exit_code == 0
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(split), "--resume")
+    assert result.exit_code == 0, result.output
+    a, b = load_bundle(straight / "last.safetensors"), load_bundle(split / "last.safetensors")
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "total_loss" in r] == [1, 2, 3, 4]  # none lost or repeated
+
+
+def test_sigterm_checkpoints_and_stops(recipe_path, tmp_path):
+    recipe = load_recipe(recipe_path, ["train.checkpoint_every=100"])
+
+    def progress(step, total, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM at step 3; checkpoint saved"):
+        stage1.train_stage1(recipe, tmp_path / "run", progress=progress)
+    state = load_bundle(tmp_path / "run" / "last.safetensors")
+    assert state.kind == "stage1"
+    summary = stage1.train_stage1(recipe, tmp_path / "run", resume=True)
+    assert summary["step"] == 4
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_loss(recipe_path, tmp_path, monkeypatch, policy):
+    recipe = load_recipe(recipe_path, [f"train.on_nan='{policy}'"])
+    original = stage1.VQLoss.generator_loss
+
+    def poisoned(self, inputs, recon, qloss, last_layer, step):
+        loss, logs = original(self, inputs, recon, qloss, last_layer, step)
+        return (loss * float("nan") if step == 2 else loss), logs
+
+    monkeypatch.setattr(stage1.VQLoss, "generator_loss", poisoned)
+    if policy == "stop":
+        with pytest.raises(VqtError, match=r"non-finite at step 2; stopped without saving, so the last good "
+                                           r"checkpoint \(step 2\) is intact"):
+            stage1.train_stage1(recipe, tmp_path / "run")
+    else:
+        before = load_bundle  # the run continues past the bad step
+        assert stage1.train_stage1(recipe, tmp_path / "run")["step"] == 4
+        assert before(tmp_path / "run" / "last.safetensors").kind == "stage1"

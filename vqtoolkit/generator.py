@@ -1,0 +1,282 @@
+"""Stage 2 as an object: first stage + condition stage + transformer, and sampling at any size.
+
+    from vqtoolkit.api import Stage2Model
+    model = Stage2Model.load("runs/quickstart-stage2/last.safetensors")
+    images, codes = model.sample(n=2, size=(576, 1024), seed=0)   # (2, 3, 576, 1024), (2, 36, 64)
+
+The token sequence is condition tokens first (a start token when unconditional, a class token, or a
+window of a spatial condition's index grid), then the image's codes in raster order. Sizes larger
+than the training window are sampled with the sliding window of the paper (Fig. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .api import Stage1Model
+from .checkpoint import Bundle, load_bundle, load_state, module_tensors, save_bundle
+from .conditions import Condition, get_condition
+from .errors import ImageError, RecipeError, VqtError
+from .models.transformer import GPT
+from .recipes import ConditionConfig
+from .sampling import sample_raster, sample_sliding
+
+
+@dataclass
+class ConditionSpec:
+    """A condition plugin with its parsed options and, when it has one, its loaded VQGAN stage."""
+
+    condition: Condition
+    options: Any
+    raw_options: dict[str, Any]
+    stage: Stage1Model | None
+
+    @classmethod
+    def from_config(cls, cfg: ConditionConfig, where: str, device: str | torch.device = "cpu") -> ConditionSpec | None:
+        if not cfg.name:
+            return None
+        condition = get_condition(cfg.name)
+        options = condition.parse_options(cfg.options, where)
+        stage = None
+        if condition.has_stage:
+            if not cfg.stage:
+                raise RecipeError(f"{where}: condition '{cfg.name}' needs its VQGAN: set condition.stage to a "
+                                  f"bundle trained with 'vqt train-stage1' (e.g. a quickstart-{cfg.name} recipe)")
+            stage = Stage1Model.load(cfg.stage, device)
+            _check_stage(condition, options, stage, cfg.stage)
+        return cls(condition, options, dict(cfg.options), stage)
+
+    @property
+    def name(self) -> str:
+        return self.condition.name
+
+    @property
+    def grid_like(self) -> bool:
+        """Spatial and positional conditions are index grids cropped with the image's window."""
+        return self.condition.kind in ("spatial", "positional")
+
+    def vocab_size(self) -> int:
+        return self.condition.vocab_size(self.options, self.stage)
+
+    @torch.no_grad()
+    def tokens(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw conditions (B, ...) -> (B, h, w) grids or (B, L) tokens."""
+        return self.condition.tokens(raw, self.options, self.stage)
+
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.raw_options}
+
+
+def _check_stage(condition: Condition, options: Any, stage: Stage1Model, path: str) -> None:
+    want = condition.stage_channels(options)
+    have = stage.model_config.in_channels
+    if want != have:
+        raise VqtError(f"condition stage {path} reads {have} channels, but condition '{condition.name}' "
+                       f"with these options gives {want}; train its VQGAN with model.in_channels = {want}")
+
+
+def prefix_length(spec: ConditionSpec | None, window: int, global_tokens: int = 1) -> int:
+    if spec is None:
+        return 1  # the start token
+    return window * window if spec.grid_like else global_tokens
+
+
+def crop_window(grid: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+    """(B, H, W) -> (B, h·w) tokens of the window at (top, left), in raster order."""
+    return grid[:, top:top + h, left:left + w].reshape(grid.shape[0], -1)
+
+
+class GuidedGPT(torch.nn.Module):
+    """Classifier-free guidance as a drop-in GPT for the samplers: logits = u + s·(c − u).
+
+    Each sequence runs twice in one batch: as given (c) and with its first `len(null)` prefix tokens
+    replaced by the null condition (u). Works with and without the KV cache.
+    """
+
+    def __init__(self, gpt: GPT, null: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.gpt, self.null, self.scale = gpt, null, scale
+
+    @property
+    def block_size(self) -> int:
+        return self.gpt.block_size
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Any:
+        return self.gpt.new_cache(2 * batch_size, max_len)
+
+    def forward(self, idx: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        start = 0 if cache is None else cache.length
+        uncond = idx.clone()  # (B, T)
+        n = min(len(self.null) - start, idx.shape[1])
+        if n > 0:
+            uncond[:, :n] = self.null[start:start + n].to(idx.device)
+        cond_logits, uncond_logits = self.gpt(torch.cat([idx, uncond]), cache).chunk(2)  # (B, T, V) each
+        return uncond_logits + self.scale * (cond_logits - uncond_logits)
+
+
+class Stage2Model:
+    """Everything `vqt sample` needs, as one object (what a stage-2 bundle holds)."""
+
+    def __init__(self, first_stage: Stage1Model, gpt: GPT, window: int,
+                 condition: ConditionSpec | None, sos_token: int = 0) -> None:
+        self.first_stage = first_stage
+        self.gpt = gpt
+        self.window = window
+        self.condition = condition
+        self.sos_token = sos_token
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        g = self.gpt
+        config: dict[str, Any] = {
+            "first_stage": self.first_stage.config(),
+            "transformer": {"vocab_size": g.vocab_size, "block_size": g.block_size, "n_layer": g.n_layer,
+                            "n_head": g.n_head, "n_embd": g.n_embd, "window": self.window},
+            "condition": self.condition.meta() if self.condition else {"name": "", "options": {}},
+            "sos_token": self.sos_token,
+        }
+        if self.condition and self.condition.stage:
+            config["cond_stage"] = self.condition.stage.config()
+        return config
+
+    def tensors(self, gpt: GPT | None = None) -> dict[str, torch.Tensor]:
+        tensors = {**self.first_stage.tensors("vqgan"), **module_tensors("transformer", gpt or self.gpt)}
+        if self.condition and self.condition.stage:
+            tensors.update(self.condition.stage.tensors("cond"))
+        return tensors
+
+    def save(self, path: str | Path, force: bool = False, gpt: GPT | None = None) -> None:
+        """Write the bundle; `gpt` substitutes other weights (e.g. the EMA copy) for the transformer."""
+        save_bundle(path, self.tensors(gpt), kind="stage2", config=self.config(),
+                    condition=self.config()["condition"], force=force)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Stage2Model:
+        config = bundle.config
+        first = Stage1Model.from_bundle(bundle, "vqgan", "first_stage")
+        spec = None
+        cond = config.get("condition") or {}
+        if cond.get("name"):
+            condition = get_condition(cond["name"])
+            options = condition.parse_options(cond.get("options", {}), f"{bundle.path} (condition)")
+            stage = Stage1Model.from_bundle(bundle, "cond", "cond_stage") if "cond_stage" in config else None
+            spec = ConditionSpec(condition, options, dict(cond.get("options", {})), stage)
+        t = config["transformer"]
+        gpt = GPT(t["vocab_size"], t["block_size"], t["n_layer"], t["n_head"], t["n_embd"])
+        load_state(gpt, bundle.namespace("transformer"), f"{bundle.path} (transformer.*)")
+        model = cls(first, gpt.eval(), int(t["window"]), spec, int(config.get("sos_token", 0)))
+        return model.to(device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Stage2Model:
+        return cls.from_bundle(load_bundle(path, expect_kind="stage2"), device)
+
+    def to(self, device: str | torch.device) -> Stage2Model:
+        self.first_stage.vqgan.to(device)
+        self.gpt.to(device)
+        if self.condition and self.condition.stage:
+            self.condition.stage.vqgan.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.tok_emb.weight.device
+
+    @property
+    def factor(self) -> int:
+        return self.first_stage.factor
+
+    # ---- sequences ---------------------------------------------------------------------------
+
+    def prefix_fn(self, cond_tokens: torch.Tensor | None, batch: int) -> Callable[[int, int], torch.Tensor]:
+        """prefix_for_window(top, left) for the sampler: the condition tokens of that window."""
+        w = self.window
+        if cond_tokens is None:
+            start = torch.full((batch, 1), self.sos_token, dtype=torch.long, device=self.device)
+            return lambda top, left: start
+        if cond_tokens.ndim == 3:
+            return lambda top, left: crop_window(cond_tokens, top, left, w, w)
+        return lambda top, left: cond_tokens
+
+    def check_size(self, height: int, width: int) -> tuple[int, int]:
+        """The code grid (h, w) for an image of height × width pixels, or a clear error."""
+        f = self.factor
+        if height % f or width % f:
+            def near(v: int) -> str:
+                lo, hi = max(f, v // f * f), (v // f + 1) * f
+                return f"{lo} or {hi}" if lo != hi and v % f else str(lo)
+            raise ImageError(f"--size {width}x{height} is not a multiple of the model's factor {f}: "
+                             f"use width {near(width)} and height {near(height)}")
+        h, w = height // f, width // f
+        if h < self.window or w < self.window:
+            side = self.window * f
+            raise ImageError(f"--size {width}x{height} is smaller than the model's window of "
+                             f"{side}x{side} pixels ({self.window}x{self.window} codes at f={f})")
+        return h, w
+
+    @torch.no_grad()
+    def condition_tokens(self, raw: torch.Tensor | None, grid: tuple[int, int], n: int) -> torch.Tensor | None:
+        """Tokens of one raw condition, repeated for `n` samples; grids must match the image grid."""
+        if self.condition is None:
+            if raw is not None:
+                raise VqtError("this model is unconditional; drop --cond/--class")
+            return None
+        if raw is None:
+            raise VqtError(f"this model is conditioned on '{self.condition.name}'; pass --cond "
+                           f"(or --class for class conditions)")
+        tokens = self.condition.tokens(raw[None].to(self.device))  # (1, h, w) or (1, L)
+        if tokens.ndim == 3 and tuple(tokens.shape[1:]) != grid:
+            raise VqtError(f"the '{self.condition.name}' condition encodes to a {tokens.shape[2]}x"
+                           f"{tokens.shape[1]} grid but the image grid is {grid[1]}x{grid[0]} codes; "
+                           "its VQGAN must have the same factor f as the image VQGAN")
+        return tokens.expand(n, *tokens.shape[1:])
+
+    @torch.no_grad()
+    def sample(self, n: int, size: tuple[int, int], *, cond: torch.Tensor | None = None, seed: int = 0,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               window_stride: int = 4, progress: Callable[[int, int], None] | None = None,
+               batch_size: int = 8, cfg_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw `n` images of size (height, width) pixels; returns images (n, C, H, W) in [-1, 1]
+        and their codes (n, h, w). The same seed gives the same images. `cfg_scale` != 1 applies
+        classifier-free guidance (conditions trained with a null token, e.g. class)."""
+        if n < 1:
+            raise VqtError(f"--n must be at least 1, got {n}")
+        grid = self.check_size(*size)
+        gpt: Any = self.gpt
+        if cfg_scale != 1.0:
+            null = self.condition.condition.null_tokens(self.condition.options) if self.condition else None
+            if null is None:
+                raise VqtError(f"--cfg-scale needs a condition trained with a null token (e.g. class); "
+                               f"this model's is '{self.condition.name if self.condition else 'none'}'")
+            gpt = GuidedGPT(self.gpt, null.to(self.device), cfg_scale)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        codes, done, total = [], 0, n * grid[0] * grid[1]
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            cond_tokens = self.condition_tokens(cond, grid, b)
+            prefix_fn = self.prefix_fn(cond_tokens, b)
+
+            def step(k: int, _: int, offset: int = done) -> None:
+                if progress is not None:
+                    progress(offset + k * b, total)
+
+            if grid == (self.window, self.window):
+                out = sample_raster(gpt, prefix_fn(0, 0), grid[0] * grid[1], temperature=temperature,
+                                    top_k=top_k, top_p=top_p, generator=generator, progress=step)
+                out = out.reshape(b, *grid)  # (b, h, w)
+            else:
+                out = sample_sliding(gpt, prefix_fn, grid, (self.window, self.window),
+                                     stride=window_stride, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, generator=generator, progress=step)
+            codes.append(out)
+            done += b * grid[0] * grid[1]
+        codes_t = torch.cat(codes)  # (n, h, w)
+        images = torch.cat([self.first_stage.decode(codes_t[i:i + batch_size])
+                            for i in range(0, n, batch_size)])
+        return images, codes_t

@@ -1,0 +1,181 @@
+"""Stage-1 losses: pixel + LPIPS reconstruction, codebook loss, PatchGAN with the adaptive weight.
+
+Differences from the reference `VQLPIPSWithDiscriminator`, all deliberate:
+- generator and discriminator losses are two methods that share one autoencoder forward;
+- before `disc_start` the discriminator is not run at all (the reference runs it and multiplies by 0);
+- the discriminator's parameters are frozen while the generator loss is built, so its gradient
+  buffers stay clean even when both losses are backpropagated before either optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import VqtError
+from .models.discriminator import NLayerDiscriminator
+
+logger = logging.getLogger(__name__)
+
+def vgg16_weights() -> tuple[str, str]:
+    """(local path, download URL) of the ImageNet VGG16 weights that LPIPS asks torchvision for."""
+    from torchvision.models import VGG16_Weights
+
+    url = VGG16_Weights.IMAGENET1K_V1.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
+
+
+def load_lpips(backbone: str = "vgg") -> nn.Module:
+    """LPIPS (net "vgg") in eval mode with frozen weights; inputs in [-1, 1], output (B, 1, 1, 1).
+
+    backbone "vgg" needs torchvision's ImageNet VGG16 file locally (never downloaded here: a missing
+    file is an error that says where to put it). "random" uses a randomly initialised VGG with LPIPS's
+    shipped linear layers: it runs anywhere but is not a perceptual metric (smoke tests only).
+    """
+    import lpips
+
+    if backbone == "vgg":
+        path, url = vgg16_weights()
+        if not os.path.isfile(path):
+            raise VqtError(
+                f"the LPIPS perceptual loss needs torchvision's ImageNet VGG16 weights at {path}, and that "
+                f"file is missing (vqt never downloads it). Download {url} on a machine with internet access "
+                f"and copy it to that path (TORCH_HOME moves the directory), or train without the "
+                f"perceptual loss: --set loss.perceptual_weight=0 "
+                f"(or --set loss.perceptual_backbone=random, for smoke tests only)")
+        pnet_rand = False
+    elif backbone == "random":
+        logger.warning("LPIPS uses a randomly initialised VGG (perceptual_backbone='random'): "
+                       "reconstruction quality will suffer; use this for smoke tests only")
+        pnet_rand = True
+    else:
+        raise VqtError(f"perceptual backbone {backbone!r} is unknown: expected 'vgg' or 'random'")
+    with warnings.catch_warnings():
+        # lpips calls torchvision with its deprecated `pretrained=` argument.
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        model = lpips.LPIPS(net="vgg", pnet_rand=pnet_rand, verbose=False)
+    return model.eval().requires_grad_(False)
+
+
+def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def vanilla_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+_D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
+
+
+def _pixel_loss(kind: str, inputs: Tensor, recon: Tensor) -> Tensor:
+    """Mean L1 or L2 error; "bce": `recon` are logits of one-hot `inputs` (segmentation VQGANs)."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(recon, inputs)
+    diff = inputs - recon
+    return (diff.abs() if kind == "l1" else diff.pow(2)).mean()
+
+
+class VQLoss(nn.Module):
+    """The VQGAN objective. `self.discriminator` is the PatchGAN; optimise and save it on its own.
+
+    LPIPS (`self.perceptual`, absent when perceptual_weight is 0) stays in eval mode and frozen; it is a
+    fixed metric, not something to train or checkpoint.
+    """
+
+    def __init__(self, pixel_loss: str = "l1", pixel_weight: float = 1.0, perceptual_weight: float = 1.0,
+                 perceptual_backbone: str = "vgg", codebook_weight: float = 1.0, disc_start: int = 0,
+                 disc_weight: float = 0.8, disc_factor: float = 1.0, disc_loss: str = "hinge",
+                 disc_layers: int = 3, disc_ndf: int = 64, disc_norm: str = "actnorm",
+                 disc_in_channels: int = 3) -> None:
+        super().__init__()
+        if pixel_loss not in ("l1", "l2", "bce"):
+            raise VqtError(f"loss.pixel_loss = {pixel_loss!r} is unknown: expected 'l1', 'l2' or 'bce'")
+        if disc_loss not in _D_LOSSES:
+            raise VqtError(f"loss.disc_loss = {disc_loss!r} is unknown: expected 'hinge' or 'vanilla'")
+        self.pixel_loss = pixel_loss
+        self.pixel_weight = pixel_weight
+        self.perceptual_weight = perceptual_weight
+        self.codebook_weight = codebook_weight
+        self.disc_start = disc_start
+        self.disc_weight = disc_weight
+        self.disc_factor = disc_factor
+        self.d_loss = _D_LOSSES[disc_loss]
+        self.perceptual = load_lpips(perceptual_backbone) if perceptual_weight > 0 else None
+        self.discriminator = NLayerDiscriminator(disc_in_channels, disc_ndf, disc_layers, disc_norm)
+
+    def train(self, mode: bool = True) -> VQLoss:
+        super().train(mode)
+        if self.perceptual is not None:
+            self.perceptual.eval()
+        return self
+
+    def discriminator_active(self, step: int) -> bool:
+        """Whether the GAN terms are on at `step` (batches seen); before, skip the discriminator update."""
+        return step >= self.disc_start
+
+    def adaptive_weight(self, nll: Tensor, g_loss: Tensor, last_layer: Tensor) -> Tensor:
+        """lambda = |grad_last nll| / (|grad_last g| + 1e-4), clamped to [0, 1e4], detached, x disc_weight.
+
+        Balances the GAN gradient against the reconstruction gradient at the decoder's last layer.
+        """
+        nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+        weight = torch.linalg.vector_norm(nll_grad) / (torch.linalg.vector_norm(g_grad) + 1e-4)
+        return torch.clamp(weight, 0.0, 1e4).detach() * self.disc_weight
+
+    def generator_loss(self, inputs: Tensor, recon: Tensor, qloss: Tensor, last_layer: Tensor,
+                       step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Autoencoder loss: nll + lambda disc_factor g + codebook_weight qloss; images (B, C, H, W)."""
+        pixel = _pixel_loss(self.pixel_loss, inputs.float(), recon.float())
+        nll = self.pixel_weight * pixel
+        p_loss = torch.zeros((), device=recon.device)
+        if self.perceptual is not None:
+            p_loss = self.perceptual(inputs.float(), recon.float()).mean()  # (B, 1, 1, 1) -> ()
+            nll = nll + self.perceptual_weight * p_loss
+        loss = nll + self.codebook_weight * qloss.mean()
+
+        zero = torch.zeros((), device=recon.device)
+        g_loss, d_weight, disc_factor = zero, zero, 0.0
+        if self.discriminator_active(step):
+            disc_factor = self.disc_factor
+            params = list(self.discriminator.parameters())
+            saved = [p.requires_grad for p in params]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                g_loss = -self.discriminator(recon).float().mean()
+            finally:
+                for p, flag in zip(params, saved):
+                    p.requires_grad_(flag)
+            if torch.is_grad_enabled() and g_loss.requires_grad and last_layer.requires_grad:
+                d_weight = self.adaptive_weight(nll, g_loss, last_layer)
+            # else: no graph (evaluation): lambda = 0, as the reference.
+            loss = loss + d_weight * disc_factor * g_loss
+
+        logs = {"total_loss": loss.detach(), "quant_loss": qloss.detach().mean(), "nll_loss": nll.detach(),
+                "rec_loss": pixel.detach(), "p_loss": p_loss.detach(), "d_weight": d_weight.detach(),
+                "disc_factor": torch.tensor(disc_factor), "g_loss": g_loss.detach()}
+        return loss, logs
+
+    def discriminator_loss(self, inputs: Tensor, recon_detached: Tensor, step: int,
+                           discriminator: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """disc_factor x hinge/vanilla loss on real vs reconstructed; a constant 0 before disc_start.
+
+        `discriminator` replaces `self.discriminator` for this call: the training loop passes its DDP
+        wrapper, so only this step (not the frozen use in the generator step) syncs gradients.
+        """
+        zero = torch.zeros((), device=inputs.device)
+        if not self.discriminator_active(step):
+            return zero, {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
+        disc = discriminator if discriminator is not None else self.discriminator
+        logits_real = disc(inputs.detach()).float()
+        logits_fake = disc(recon_detached.detach()).float()
+        loss = self.disc_factor * self.d_loss(logits_real, logits_fake)
+        return loss, {"disc_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
+                      "logits_fake": logits_fake.detach().mean()}

@@ -1,0 +1,298 @@
+"""Built-in procedural scenes: paired image, depth, segmentation, pose and class, no download.
+
+Every task in the toolkit (reconstruction, depth-, segmentation-, pose- and class-conditional
+synthesis) needs data that a test or a 2-core demo can make in milliseconds. A scene is a sky
+gradient over a tiled ground plane seen in perspective, a few shapes standing on the ground and a
+stick figure; the same seed always gives the same scene. All modalities come from one z-buffer,
+so they agree exactly: a pixel's label, depth and colour belong to the nearest surface.
+
+Conventions: depth is normalised, larger = farther (ground 0.1 at the bottom row up to 0.98
+near the horizon, sky 1.0). Keypoint coordinates are pixel indices (x = column, y = row, pixel
+centres at integers), so a horizontal flip maps x to W - 1 - x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LABEL_NAMES = ("sky", "ground", "disc", "box", "triangle", "person")
+N_LABELS = len(LABEL_NAMES)
+SKY, GROUND, DISC, BOX, TRIANGLE, PERSON = range(N_LABELS)
+
+CLASS_NAMES = ("disc", "box", "triangle")
+"""Scene class = shape of the object with the most visible pixels."""
+N_CLASSES = len(CLASS_NAMES)
+
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+"""COCO's 19 limbs as 0-based keypoint index pairs."""
+COCO_FLIP_INDEX = tuple(
+    COCO_KEYPOINTS.index(n.replace("left", "right") if "left" in n else n.replace("right", "left"))
+    for n in COCO_KEYPOINTS
+)
+"""After a horizontal flip, keypoint i takes the values of keypoint COCO_FLIP_INDEX[i]."""
+
+SKY_DEPTH = 1.0
+NEAR_DEPTH = 0.1  # ground depth at the bottom row
+FAR_GROUND_DEPTH = 0.98  # ground depth cap near the horizon, so the sky is always the farthest
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object: its label, its (constant) depth and its unoccluded extent.
+
+    `box` is (top, left, bottom, right), bottom/right exclusive, of the full silhouette before
+    occlusion, clipped to the image; for a box-shaped object every pixel inside is the object's.
+    """
+
+    label: int
+    depth: float
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """A rendered scene; arrays are read-only so a cached scene cannot be altered by accident."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    depth: np.ndarray  # float32 (H, W), larger = farther
+    segmentation: np.ndarray  # int64 (H, W), values in [0, N_LABELS)
+    instances: np.ndarray  # int32 (H, W), 0 = sky/ground, i = objects[i - 1]
+    objects: tuple[SceneObject, ...]
+    pose: np.ndarray  # float32 (17, 3): x, y, visibility (0 outside, 1 occluded, 2 visible)
+    label: int  # in [0, N_CLASSES)
+
+
+def flip_pose(pose: np.ndarray, width: int) -> np.ndarray:
+    """Mirror COCO keypoints (17, 3) for a horizontally flipped image: x -> W-1-x, left <-> right."""
+    out = pose[list(COCO_FLIP_INDEX)].copy()
+    labelled = out[:, 2] > 0
+    out[labelled, 0] = width - 1 - out[labelled, 0]
+    return out
+
+
+class _Canvas:
+    """Colour, depth, label and instance buffers with a z-tested paint operation."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+        self.rgb = np.zeros((h, w, 3), np.float32)  # (H, W, 3) in [0, 1]
+        self.depth = np.full((h, w), SKY_DEPTH, np.float32)
+        self.seg = np.zeros((h, w), np.int64)
+        self.inst = np.zeros((h, w), np.int32)
+        self.objects: list[SceneObject] = []
+
+    def window(self, top: float, left: float, bottom: float, right: float):
+        """Integer pixel ranges covering a float box, clipped; returns (y0, x0, ys, xs) or None."""
+        y0, y1 = max(0, int(np.floor(top))), min(self.h, int(np.ceil(bottom)) + 1)
+        x0, x1 = max(0, int(np.floor(left))), min(self.w, int(np.ceil(right)) + 1)
+        if y0 >= y1 or x0 >= x1:
+            return None
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None]  # (h, 1)
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :]  # (1, w)
+        return y0, x0, ys, xs
+
+    def paint(self, y0: int, x0: int, mask: np.ndarray, colour: np.ndarray, depth: float, label: int) -> None:
+        """Z-buffer `mask` (h, w) at (y0, x0) with a colour (h, w, 3) or (3,) and a constant depth."""
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return
+        box = (y0 + int(rows.min()), x0 + int(cols.min()), y0 + int(rows.max()) + 1, x0 + int(cols.max()) + 1)
+        self.objects.append(SceneObject(label, float(np.float32(depth)), box))
+        sl = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
+        win = mask & (np.float32(depth) < self.depth[sl])
+        colour = np.broadcast_to(colour, mask.shape + (3,))
+        self.rgb[sl][win] = colour[win]
+        self.depth[sl][win] = depth
+        self.seg[sl][win] = label
+        self.inst[sl][win] = len(self.objects)
+
+
+def _vivid(rng: np.random.Generator) -> np.ndarray:
+    """A saturated random colour, so shapes stand out from sky and ground."""
+    c = rng.uniform(0, 1, 3)
+    c = (c - c.min()) / (np.ptp(c) + 1e-6)
+    return (0.15 + 0.85 * c).astype(np.float32)
+
+
+def _background(cv: _Canvas, rng: np.random.Generator, horizon: float) -> None:
+    """Sky gradient above the horizon; perspective ground plane with fading tiles below."""
+    h, w = cv.h, cv.w
+    ys = np.arange(h, dtype=np.float32)[:, None]  # (H, 1)
+    xs = np.arange(w, dtype=np.float32)[None, :]  # (1, W)
+    ground = ys > horizon  # (H, 1)
+    gdepth = _ground_depth(h, horizon, ys)  # (H, 1)
+    # Ground-plane coordinates (focal length = H pixels): tiles shrink with distance.
+    freq, phase = rng.uniform(12, 30), rng.uniform(0, 1, 2)
+    gx = (xs - w / 2) * gdepth / h  # (H, W)
+    tiles = (np.floor(gdepth * freq + phase[0]) + np.floor(gx * freq * 4 + phase[1])) % 2  # (H, W)
+    contrast = rng.uniform(0.08, 0.2) * (1 - gdepth)
+    shade = (0.55 + 0.45 * (1 - gdepth) - contrast * tiles)[..., None]  # (H, W, 1)
+    ground_rgb = rng.uniform([0.2, 0.3, 0.1], [0.55, 0.6, 0.35]).astype(np.float32) * shade
+    top = rng.uniform([0.05, 0.2, 0.5], [0.4, 0.6, 1.0]).astype(np.float32)
+    low = (0.4 * top + 0.6 * rng.uniform(0.55, 1.0, 3)).astype(np.float32)
+    t = np.clip(ys / max(horizon, 1.0), 0, 1)[..., None]  # (H, 1, 1)
+    sky_rgb = top * (1 - t) + low * t  # (H, 1, 3)
+    cv.rgb[:] = np.where(ground[..., None], ground_rgb, sky_rgb)
+    cv.depth[:] = np.where(ground, gdepth, SKY_DEPTH)
+    cv.seg[:] = np.where(ground, GROUND, SKY)
+
+
+def _ground_depth(h: int, horizon: float, y: float | np.ndarray) -> np.ndarray:
+    """Depth of ground row(s) y: a flat plane seen by a level camera, depth ~ 1 / (y - horizon)."""
+    depth = NEAR_DEPTH * (h - 1 - horizon) / np.maximum(y - horizon, 1e-3)
+    return np.clip(depth, NEAR_DEPTH, FAR_GROUND_DEPTH)
+
+
+def _shape(cv: _Canvas, rng: np.random.Generator, horizon: float) -> None:
+    """A disc, box or triangle standing on the ground, sized by perspective."""
+    h, w = cv.h, cv.w
+    v = rng.uniform(0.25, 1.0)  # 0 = horizon, 1 = bottom row
+    base = horizon + v * (h - 1 - horizon)
+    depth = float(_ground_depth(h, horizon, base))
+    s = v * rng.uniform(0.25, 0.5) * h  # height in pixels
+    cx = rng.uniform(0.05, 0.95) * (w - 1)
+    label = int(rng.integers(DISC, TRIANGLE + 1))
+    colour = _vivid(rng)
+    if label == DISC:
+        r = s / 2
+        cy = base - r
+        win = cv.window(cy - r, cx - r, cy + r, cx + r)
+        if win is None:
+            return
+        y0, x0, ys, xs = win
+        mask = (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+        glint = ((xs - cx + 0.35 * r) ** 2 + (ys - cy + 0.35 * r) ** 2) / (r * r)
+        shade = 1.1 - 0.45 * np.clip(glint, 0, 1.5)  # lit from the top left
+    elif label == BOX:
+        half = s * rng.uniform(0.3, 0.8)
+        win = cv.window(base - s, cx - half, base, cx + half)
+        if win is None:
+            return
+        y0, x0, ys, xs = win
+        mask = (ys >= base - s) & (ys <= base) & (xs >= cx - half) & (xs <= cx + half)
+        shade = 1.0 - 0.35 * (ys - (base - s)) / s  # darker towards the ground
+    else:
+        half = s * rng.uniform(0.4, 0.7)
+        win = cv.window(base - s, cx - half, base, cx + half)
+        if win is None:
+            return
+        y0, x0, ys, xs = win
+        below_apex = ys - (base - s)
+        mask = (below_apex >= 0) & (ys <= base) & (np.abs(xs - cx) <= half * below_apex / s)
+        shade = np.where(xs > cx, 0.75, 1.0)  # two faces, the right one in shadow
+    rgb = np.clip(colour * np.broadcast_to(shade, mask.shape)[..., None], 0, 1)  # (h, w, 3)
+    cv.paint(y0, x0, mask, rgb, depth, label)
+
+
+def _stick_figure(cv: _Canvas, rng: np.random.Generator, horizon: float) -> np.ndarray:
+    """Draw a front-facing stick figure; return its 17 keypoints (x, y) in pixels.
+
+    The person's left is on the image's right (they face the camera), as in COCO.
+    """
+    h, w = cv.h, cv.w
+    kp = np.zeros((17, 2), np.float64)  # person-local units: height 1, y down, x right
+    kp[0] = (0.0, -0.9)
+    for s, (eye, ear, sh, el, wr, hip, kn, an) in (
+        (+1, (1, 3, 5, 7, 9, 11, 13, 15)),
+        (-1, (2, 4, 6, 8, 10, 12, 14, 16)),
+    ):
+        kp[eye] = (s * 0.03, -0.93)
+        kp[ear] = (s * 0.07, -0.91)
+        kp[sh] = (s * 0.11, -0.8)
+        a = s * rng.uniform(0.1, 2.6)  # upper arm angle from hanging down, outwards
+        kp[el] = kp[sh] + 0.17 * np.array([np.sin(a), np.cos(a)])
+        a += s * rng.uniform(-0.8, 0.8)
+        kp[wr] = kp[el] + 0.16 * np.array([np.sin(a), np.cos(a)])
+        kp[hip] = (s * 0.06, -0.5)
+        a = s * rng.uniform(0.0, 0.35)
+        kp[kn] = kp[hip] + 0.26 * np.array([np.sin(a), np.cos(a)])
+        a += rng.uniform(-0.25, 0.25)
+        kp[an] = kp[kn] + 0.25 * np.array([np.sin(a), np.cos(a)])
+    kp[:, 1] -= kp[15:17, 1].max()  # the lower foot stands on the ground
+
+    v = rng.uniform(0.4, 1.0)
+    base = horizon + v * (h - 1 - horizon)
+    depth = float(_ground_depth(h, horizon, base))
+    height = v * rng.uniform(0.45, 0.6) * h
+    kp = kp * height + np.array([rng.uniform(0.1, 0.9) * (w - 1), base])  # (17, 2) pixels
+
+    head_c, head_r = np.array([kp[0, 0], kp[0, 1] - 0.01 * height]), max(1.0, 0.075 * height)
+    neck, pelvis = (kp[5] + kp[6]) / 2, (kp[11] + kp[12]) / 2
+    # COCO's arm, leg and girdle limbs; its shoulder-hip sides become one spine, as in a stick figure.
+    limbs = np.array(
+        [(kp[a], kp[b]) for a, b in COCO_SKELETON if a >= 5 and b >= 5 and {a, b} not in ({5, 11}, {6, 12})]
+        + [(neck, pelvis), (neck, head_c)]
+    )  # (S, 2 ends, 2 coords)
+    radius = max(0.8, 0.025 * height)
+    lo, hi = np.minimum(kp.min(0), head_c - head_r) - radius, np.maximum(kp.max(0), head_c + head_r) + radius
+    win = cv.window(lo[1], lo[0], hi[1], hi[0])
+    if win is not None:
+        y0, x0, ys, xs = win
+        a, d = limbs[:, 0, :, None, None], (limbs[:, 1] - limbs[:, 0])[:, :, None, None]  # (S, 2, 1, 1)
+        px, py = xs[None] - a[:, 0], ys[None] - a[:, 1]  # (S, h, w)
+        t = np.clip((px * d[:, 0] + py * d[:, 1]) / np.maximum((d**2).sum(1), 1e-9), 0, 1)
+        body = ((px - t * d[:, 0]) ** 2 + (py - t * d[:, 1]) ** 2 <= radius**2).any(0)  # (h, w)
+        head = (xs - head_c[0]) ** 2 + (ys - head_c[1]) ** 2 <= head_r**2
+        clothes, skin = rng.uniform(0.05, 0.45, 3), rng.uniform([0.6, 0.4, 0.3], [0.95, 0.75, 0.6])
+        rgb = np.where(head[..., None], skin, clothes).astype(np.float32)
+        cv.paint(y0, x0, body | head, rgb, depth, PERSON)
+    return kp.astype(np.float32)
+
+
+def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < 8 or w < 8:
+        raise ValueError(f"scene size must be at least 8x8, got {w}x{h}")
+    return int(h), int(w)
+
+
+def render_scene(seed: int, size: int | tuple[int, int]) -> Scene:
+    """Render scene number `seed` at `size` (an int, or (height, width)); same seed, same scene."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    h, w = _parse_size(size)
+    rng = np.random.default_rng(seed)
+    cv = _Canvas(h, w)
+    horizon = rng.uniform(0.3, 0.55) * (h - 1)
+    _background(cv, rng, horizon)
+    for _ in range(int(rng.integers(1, 5))):
+        _shape(cv, rng, horizon)
+    xy = _stick_figure(cv, rng, horizon)
+
+    # Visibility: 2 where the keypoint's pixel shows the person, 1 if hidden, 0 outside (COCO: 0, 0, 0).
+    person = next((i + 1 for i, o in enumerate(cv.objects) if o.label == PERSON), -1)
+    cols, rows = np.floor(xy[:, 0] + 0.5).astype(int), np.floor(xy[:, 1] + 0.5).astype(int)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    shown = np.zeros(17, bool)
+    shown[inside] = cv.inst[rows[inside], cols[inside]] == person
+    pose = np.zeros((17, 3), np.float32)
+    pose[inside, :2] = xy[inside]
+    pose[:, 2] = np.where(shown, 2, np.where(inside, 1, 0))
+
+    # Class: the shape with the most visible pixels (the first shape if all are hidden).
+    counts = np.bincount(cv.inst.ravel(), minlength=len(cv.objects) + 1)[1:]
+    shapes = [i for i, o in enumerate(cv.objects) if o.label != PERSON]
+    dominant = max(shapes, key=lambda i: counts[i], default=None)
+    label = 0 if dominant is None else cv.objects[dominant].label - DISC
+
+    arrays = (
+        np.floor(cv.rgb * 255 + 0.5).clip(0, 255).astype(np.uint8),
+        cv.depth,
+        cv.seg,
+        cv.inst,
+        pose,
+    )
+    for a in arrays:
+        a.setflags(write=False)
+    image, depth, seg, inst, pose = arrays
+    return Scene(image, depth, seg, inst, tuple(cv.objects), pose, int(label))

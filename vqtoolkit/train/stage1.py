@@ -1,0 +1,187 @@
+"""Stage-1 training: the VQGAN with L1/L2 + LPIPS + codebook + PatchGAN (adaptive weight).
+
+One autoencoder forward per batch serves both the generator and the discriminator step (the
+reference code runs it twice); the discriminator is frozen during the generator step and switches
+on after `loss.disc_start` batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..api import Stage1Model, evaluate
+from ..conditions import get_condition
+from ..data import WithCondition, build_dataset
+from ..errors import RecipeError
+from ..images import image_grid, save_png, to_uint8
+from ..losses import VQLoss
+from ..recipes import Recipe
+from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
+                   scaled_lr, seed_everything, setup_runtime)
+
+log = logging.getLogger(__name__)
+
+
+def stage1_datasets(recipe: Recipe, channels: int, augment: bool = True) -> tuple[Any, Any]:
+    """Training set (random crops and flips unless not `augment`) and held-out set (centre crops)."""
+    d = recipe.data
+    common = dict(channels=channels, seed=recipe.train.seed, list_file=d.list_file, strict=d.strict)
+    train = build_dataset(d.source, d.root, d.size, train=augment, n=d.n, **common)
+    if d.source == "synthetic":
+        val = build_dataset("synthetic", "", d.size, train=False, n=max(d.val_n, 1),
+                            **{**common, "seed": common["seed"] + 7_919})
+    elif d.val_root:
+        val = build_dataset("folder", d.val_root, d.size, train=False, n=0, **{**common, "list_file": ""})
+    else:
+        val = None
+    return train, val
+
+
+def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
+    """For a recipe with a [condition]: datasets of raw conditions, to train that condition's VQGAN."""
+    condition = get_condition(recipe.condition.name)
+    where = recipe.path or "recipe"
+    if not condition.has_stage:
+        raise RecipeError(f"{where}: condition '{condition.name}' has no VQGAN stage to train; "
+                          "use it directly in a stage-2 recipe")
+    options = condition.parse_options(recipe.condition.options, where)
+    channels = condition.stage_channels(options)
+    if recipe.model.in_channels != channels or recipe.model.out_channels != channels:
+        raise RecipeError(f"{where}: condition '{condition.name}' gives {channels}-channel inputs; set "
+                          f"model.in_channels = model.out_channels = {channels} (and loss.disc_in_channels)")
+    train, val = stage1_datasets(recipe, 3)
+    train = WithCondition(train, condition, options, as_image=True)
+    val = WithCondition(val, condition, options, as_image=True) if val is not None else None
+    return train, val, (condition, options)
+
+
+def broadcast_parameters(module: torch.nn.Module, rt: Runtime) -> None:
+    """Make every rank hold rank 0's tensors (after data-dependent init such as ActNorm's)."""
+    if rt.distributed:
+        for t in module.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
+def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
+                 device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Train a VQGAN as the recipe says; returns a summary (final step, held-out PSNR, usage)."""
+    cfg = recipe.train
+    rt = setup_runtime(cfg, device)
+    run = RunDir(out)
+    state = run.prepare(recipe, resume, force, rt)
+    if state is not None:
+        same_architecture(state, recipe, run, ("model", "quantizer"))
+    seed_everything(cfg.seed + rt.rank)
+
+    render = to_uint8
+    if recipe.condition.name:  # train the condition's own VQGAN (depth, segmentation, ...)
+        train_set, val_set, (condition, options) = condition_stage_datasets(recipe)
+        render = functools.partial(condition.render, options=options)
+    else:
+        train_set, val_set = stage1_datasets(recipe, recipe.model.in_channels)
+    model = Stage1Model.build(recipe.model, recipe.quantizer)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    vqgan = model.vqgan.to(rt.device, memory_format=memory_format)
+    loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device)
+    disc = loss_fn.discriminator
+    lr = scaled_lr(cfg, rt.world_size)
+    opt_ae = torch.optim.Adam(vqgan.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
+    ema = ModelEMA(vqgan, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ae = DDP(vqgan) if rt.distributed else vqgan
+    disc_ddp = DDP(disc) if rt.distributed else disc
+    if cfg.compile:
+        ae = torch.compile(ae)
+    disc_synced = False
+
+    def step_fn(step: int, next_batch: Any) -> dict[str, float]:
+        nonlocal disc_synced
+        opt_ae.zero_grad(set_to_none=True)
+        opt_disc.zero_grad(set_to_none=True)
+        vqgan.quantize.set_step(step)
+        vqgan.train()
+        loss_fn.train()
+        disc_on = loss_fn.discriminator_active(step)
+        logs: dict[str, float] = {}
+        for micro in range(cfg.accumulate):
+            x = next_batch()["image"].to(rt.device, non_blocking=True).contiguous(memory_format=memory_format)
+            defer_sync = rt.distributed and micro < cfg.accumulate - 1  # accumulate locally first
+            with no_sync(ae, defer_sync):
+                with rt.autocast():
+                    recon, qloss, _, qstats = ae(x)
+                    g_loss, g_logs = loss_fn.generator_loss(x, recon, qloss, vqgan.last_layer, step)
+                check_finite(g_loss, rt)
+                (g_loss / cfg.accumulate).backward()
+            if disc_on:
+                with no_sync(disc_ddp, defer_sync):
+                    with rt.autocast():
+                        d_loss, d_logs = loss_fn.discriminator_loss(x, recon.detach(), step,
+                                                                    discriminator=disc_ddp)
+                    check_finite(d_loss, rt)
+                    (d_loss / cfg.accumulate).backward()
+                g_logs = {**g_logs, **d_logs}
+            for k, v in {**g_logs, **qstats}.items():
+                logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
+        if disc_on and not disc_synced:  # ActNorm initialised itself from each rank's own batch
+            broadcast_parameters(disc, rt)
+            disc_synced = True
+        _step(opt_ae, vqgan, cfg.grad_clip)
+        if disc_on:
+            _step(opt_disc, disc, cfg.grad_clip)
+        return logs
+
+    def trained() -> Stage1Model:
+        return Stage1Model(ema.shadow if ema else vqgan, model.model_config, model.quantizer_config)
+
+    def export(path: Path) -> None:
+        trained().save(path, force=True)
+
+    val_batch = _val_batch(val_set, rt)
+
+    def samples(step: int) -> None:
+        if val_batch is not None:
+            _write_reconstructions(run, ema.shadow if ema else vqgan, val_batch, step, render)
+
+    def summary() -> dict[str, Any]:
+        if val_set is None:
+            return {}
+        figures = evaluate(trained(), val_set, cfg.batch_size)
+        return {k: figures[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")}
+
+    job = Job(modules={"vqgan": vqgan, "discriminator": disc}, optimizers={"ae": opt_ae, "disc": opt_disc},
+              step=step_fn, export=export, samples=samples, summary=summary, ema=ema, ema_of=vqgan, lr=lr)
+    if state is not None:
+        disc_synced = int(state["step"]) > recipe.loss.disc_start
+    return fit(job, recipe, rt, run, state, train_set, progress)
+
+
+def _step(opt: torch.optim.Optimizer, module: torch.nn.Module, clip: float) -> None:
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+
+
+def _val_batch(val_set: Any, rt: Runtime, n: int = 8) -> torch.Tensor | None:
+    if val_set is None or len(val_set) == 0:
+        return None
+    items = [val_set[i]["image"] for i in range(min(n, len(val_set)))]
+    return torch.stack(items).to(rt.device)
+
+
+@torch.no_grad()
+def _write_reconstructions(run: RunDir, vqgan: torch.nn.Module, batch: torch.Tensor, step: int,
+                           render: Any) -> None:
+    was_training = vqgan.training
+    vqgan.eval()
+    recon = vqgan(batch)[0]
+    vqgan.train(was_training)
+    rows = [[render(a), render(b)] for a, b in zip(batch, recon)]
+    save_png(image_grid(rows), run.samples / f"reconstructions_{step:07d}.png", force=True)

@@ -1,0 +1,232 @@
+"""Stage-2 training: a GPT over stage-1 codes, p(s_i | s_<i, c), on windows of the latent grid.
+
+Training sees random `transformer.window`² crops of each image's code grid (and the same crop of a
+spatial condition's grid), so the model can later slide that window over larger images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import Dataset
+
+from ..api import Stage1Model
+from ..data import WithCondition
+from ..errors import RecipeError
+from ..generator import ConditionSpec, Stage2Model, crop_window, prefix_length
+from ..images import image_grid, save_png, to_uint8
+from ..models.transformer import GPT, corrupt_tokens, image_loss
+from ..recipes import Recipe
+from ..tokens import TokenShards, fingerprint
+from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
+                   scaled_lr, seed_everything, setup_runtime)
+from .stage1 import stage1_datasets
+
+log = logging.getLogger(__name__)
+
+
+def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
+    """Token shards (checked against the models) or images with their raw conditions."""
+    if recipe.data.tokens:
+        shards = TokenShards(recipe.data.tokens)
+        want = fingerprint(first.tensors())
+        have = shards.manifest.get("first_stage", {}).get("fingerprint")
+        if have != want:
+            raise RecipeError(f"token shards in {recipe.data.tokens} were made by another stage-1 model "
+                              f"({shards.manifest.get('first_stage', {}).get('path', '?')}, fingerprint "
+                              f"{have}) than transformer.first_stage = {recipe.transformer.first_stage} "
+                              f"({want}); re-run 'vqt tokenize' with this model")
+        cond_name = shards.manifest.get("condition", {}).get("name", "")
+        if cond_name != (spec.name if spec else ""):
+            raise RecipeError(f"token shards in {recipe.data.tokens} carry condition '{cond_name}' but the "
+                              f"recipe's is '{spec.name if spec else ''}'")
+        if spec is not None and spec.stage is not None:
+            if shards.manifest.get("cond_stage", {}).get("fingerprint") != fingerprint(spec.stage.tensors()):
+                raise RecipeError(f"token shards in {recipe.data.tokens} were made by another condition "
+                                  f"stage than condition.stage = {recipe.condition.stage}")
+        return shards, None
+    train, val = stage1_datasets(recipe, first.model_config.in_channels)
+    if spec is not None:
+        train = WithCondition(train, spec.condition, spec.options)
+        val = WithCondition(val, spec.condition, spec.options) if val is not None else None
+    return train, val
+
+
+def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
+    if not recipe.transformer.first_stage:
+        raise RecipeError(f"{recipe.path}: transformer.first_stage is not set; name the stage-1 bundle, e.g. "
+                          "first_stage = \"runs/quickstart/last.safetensors\"")
+    first = Stage1Model.load(recipe.transformer.first_stage, device)
+    first.vqgan.requires_grad_(False)
+    return first
+
+
+def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> GPT:
+    t = recipe.transformer
+    vocab = max(first.n_codes, spec.vocab_size() if spec else 1)
+    block = prefix_length(spec, t.window) + t.window * t.window - 1
+    return GPT(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop, t.attn_pdrop)
+
+
+def _schedule(recipe: Recipe) -> Any:
+    t, steps = recipe.transformer, recipe.train.max_steps
+
+    def factor(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.cosine_schedule:
+            progress = (step - t.warmup_steps) / max(1, steps - t.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+class Sequences:
+    """Turns a batch into (prefix, image tokens) of one training window each."""
+
+    def __init__(self, model: Stage2Model, generator: torch.Generator, train: bool = True) -> None:
+        self.model, self.generator, self.train = model, generator, train
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        if "codes" in batch:
+            codes = batch["codes"].to(device)  # (B, H, W)
+            cond = batch["cond"].to(device) if "cond" in batch else None
+        else:
+            codes = m.first_stage.encode(batch["image"].to(device))  # (B, H, W)
+            cond = m.condition.tokens(batch["cond_raw"].to(device)) if m.condition else None
+        if cond is not None and self.train:
+            cond = m.condition.condition.train_tokens(cond, m.condition.options, self.generator)
+        B, H, W = codes.shape
+        w = m.window
+        tops = torch.randint(H - w + 1, (B,), generator=self.generator).tolist()
+        lefts = torch.randint(W - w + 1, (B,), generator=self.generator).tolist()
+        image = torch.cat([crop_window(codes[b:b + 1], tops[b], lefts[b], w, w) for b in range(B)])  # (B, w·w)
+        if cond is None:
+            prefix = torch.full((B, 1), m.sos_token, dtype=torch.long, device=device)
+        elif cond.ndim == 3:
+            prefix = torch.cat([crop_window(cond[b:b + 1], tops[b], lefts[b], w, w) for b in range(B)])
+        else:
+            prefix = cond  # (B, L)
+        return prefix, image
+
+
+def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
+                 device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Train the transformer as the recipe says; returns a summary (final step, held-out bits/token)."""
+    cfg, t = recipe.train, recipe.transformer
+    rt = setup_runtime(cfg, device)
+    run = RunDir(out)
+    state = run.prepare(recipe, resume, force, rt)
+    if state is not None:
+        same_architecture(state, recipe, run, ("transformer", "condition"))
+    seed_everything(cfg.seed + rt.rank)
+
+    first = load_first_stage(recipe, rt.device)
+    spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", rt.device)
+    grid = recipe.data.size // first.factor
+    if not recipe.data.tokens and grid < t.window:
+        raise RecipeError(f"transformer.window = {t.window} is larger than the latent grid {grid}x{grid} "
+                          f"(data.size {recipe.data.size} at f = {first.factor}); lower the window or raise "
+                          f"data.size to at least {t.window * first.factor}")
+    train_set, val_set = stage2_data(recipe, first, spec)
+    gpt = build_gpt(recipe, first, spec).to(rt.device)
+    model = Stage2Model(first, gpt, t.window, spec)
+    lr = scaled_lr(cfg, rt.world_size)
+    opt = gpt.configure_optimizer(lr, t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(recipe))
+    ema = ModelEMA(gpt, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    net = DDP(gpt) if rt.distributed else gpt
+    if cfg.compile:
+        net = torch.compile(net)
+    crop_gen = torch.Generator().manual_seed(cfg.seed * 7 + rt.rank)
+    sequences = Sequences(model, crop_gen)
+    noise_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 13 + rt.rank)
+
+    def step_fn(step: int, next_batch: Any) -> dict[str, float]:
+        opt.zero_grad(set_to_none=True)
+        gpt.train()
+        total = 0.0
+        for micro in range(cfg.accumulate):
+            prefix, image = sequences(next_batch(), rt.device)
+            inputs = corrupt_tokens(image, t.pkeep, first.n_codes, noise_gen)
+            seq = torch.cat([prefix, inputs], dim=1)[:, :-1]  # (B, P + N - 1)
+            with no_sync(net, rt.distributed and micro < cfg.accumulate - 1):
+                with rt.autocast():
+                    loss = image_loss(net(seq).float(), image, prefix.shape[1])
+                check_finite(loss, rt)
+                (loss / cfg.accumulate).backward()
+            total += float(loss) / cfg.accumulate
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        return {"loss": total, "bits_per_token": total / math.log(2), "lr": sched.get_last_lr()[0]}
+
+    def export(path: Path) -> None:
+        model.save(path, force=True, gpt=ema.shadow if ema else gpt)
+
+    def samples(step: int) -> None:
+        _write_samples(run, model, ema.shadow if ema else gpt, val_set, recipe, step)
+
+    def summary() -> dict[str, Any]:
+        if val_set is None:
+            return {}
+        return {"bits_per_token": held_out_bits(model, ema.shadow if ema else gpt, val_set, recipe, rt)}
+
+    job = Job(modules={"transformer": gpt}, optimizers={"transformer": opt}, schedulers={"lr": sched},
+              step=step_fn, export=export, samples=samples, summary=summary, ema=ema, ema_of=gpt, lr=lr)
+    return fit(job, recipe, rt, run, state, train_set, progress)
+
+
+@torch.no_grad()
+def held_out_bits(model: Stage2Model, gpt: GPT, val_set: Dataset, recipe: Recipe, rt: Runtime) -> float:
+    """Teacher-forced bits per image token on the held-out set (fixed windows: the top-left one)."""
+    gpt.eval()
+    sequences = Sequences(model, torch.Generator().manual_seed(0), train=False)
+    losses = []
+    for start in range(0, len(val_set), recipe.train.batch_size):
+        items = [val_set[i] for i in range(start, min(start + recipe.train.batch_size, len(val_set)))]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "name"}
+        prefix, image = sequences(batch, rt.device)
+        logits = gpt(torch.cat([prefix, image], dim=1)[:, :-1])
+        losses.append(float(image_loss(logits, image, prefix.shape[1])) * len(items))
+    return float(np.sum(losses) / len(val_set) / math.log(2))
+
+
+@torch.no_grad()
+def _write_samples(run: RunDir, model: Stage2Model, gpt: GPT, val_set: Dataset | None, recipe: Recipe,
+                   step: int) -> None:
+    """A grid of samples at the training window size: [condition | sample] rows, or a row of samples."""
+    was = model.gpt
+    model.gpt = gpt
+    try:
+        size = (model.window * model.factor, model.window * model.factor)
+        s = recipe.sample
+        rows = []
+        if model.condition is None or val_set is None:
+            images, _ = model.sample(s.n, size, seed=step, temperature=s.temperature, top_k=s.top_k or None,
+                                     top_p=s.top_p if s.top_p < 1 else None)
+            rows.append([to_uint8(x) for x in images])
+        else:
+            for i in range(min(s.n, len(val_set))):
+                raw = _crop_raw(val_set[i]["cond_raw"], size)
+                images, _ = model.sample(1, size, cond=raw, seed=step + i, temperature=s.temperature,
+                                         top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None)
+                rows.append([model.condition.condition.render(raw, model.condition.options), to_uint8(images[0])])
+        save_png(image_grid(rows), run.samples / f"samples_{step:07d}.png", force=True)
+    finally:
+        model.gpt = was
+
+
+def _crop_raw(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Top-left crop of a spatial raw condition to the sample size (global ones pass unchanged)."""
+    return raw[..., :size[0], :size[1]] if raw.ndim == 3 else raw
