@@ -164,7 +164,7 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                     loss = image_loss(net(seq).float(), image, prefix.shape[1])
                 check_finite(loss, rt)
                 (loss / cfg.accumulate).backward()
-            total += float(loss) / cfg.accumulate
+            total += float(loss.detach()) / cfg.accumulate
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
         opt.step()

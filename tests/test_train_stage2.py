@@ -1,0 +1,170 @@
+"""Stage 2 end to end on tiny models: tokenize, train (images or shards), sample at any size."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vqtoolkit.api import Stage1Model
+from vqtoolkit.cli import cli
+from vqtoolkit.generator import Stage2Model
+from vqtoolkit.recipes import ModelConfig, QuantizerConfig
+
+from .conftest import write
+
+STAGE2 = """
+[data]
+source = "synthetic"
+size = 32
+n = 16
+val_n = 2
+num_workers = 0
+
+[transformer]
+first_stage = "{first}"
+n_layer = 1
+n_head = 2
+n_embd = 32
+window = 4
+
+[train]
+max_steps = 3
+batch_size = 4
+base_learning_rate = 1e-4
+checkpoint_every = 3
+sample_every = 3
+log_every = 1
+
+[sample]
+n = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory):
+    """A random tiny VQGAN with f = 4 (32 px images -> 8x8 codes)."""
+    torch.manual_seed(0)
+    model = Stage1Model.build(
+        ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=32),
+        QuantizerConfig(n_codes=32, embed_dim=8))
+    path = tmp_path_factory.mktemp("first") / "vqgan.safetensors"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(first_stage, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stage2")
+    recipe = write(folder / "tiny2.toml", STAGE2.format(first=first_stage))
+    result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(folder / "run")])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_train_stage2_writes_bundle_and_samples(trained):
+    run = trained / "run"
+    assert (run / "samples" / "samples_0000003.png").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["bits_per_token"] == pytest.approx(records[0]["loss"] / np.log(2))
+    assert "val_bits_per_token" in records[-1]
+    model = Stage2Model.load(run / "last.safetensors")
+    assert model.window == 4 and model.gpt.block_size == 1 + 16 - 1 and model.condition is None
+
+
+@pytest.mark.parametrize("size, grid", [("16x16", (4, 4)), ("44x24", (6, 11))])
+def test_sample_any_size(trained, tmp_path, size, grid):
+    out = tmp_path / "samples"
+    args = ["sample", "--model", str(trained / "run" / "last.safetensors"), "--size", size, "--n", "2",
+            "--seed", "3", "--codes", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    w, h = (int(v) for v in size.split("x"))
+    for i in range(2):
+        assert Image.open(out / f"sample_{i:04d}.png").size == (w, h)
+    codes = np.load(out / "codes.npy")
+    assert codes.shape == (2, *grid)
+    again = tmp_path / "again"
+    assert CliRunner().invoke(cli, args[:-1] + [str(again)]).exit_code == 0
+    assert np.array_equal(np.load(again / "codes.npy"), codes)  # reproducible by seed
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1 and "already exists; pass --force" in refused.output
+
+
+@pytest.mark.parametrize("size, message", [
+    ("1024x", "expected WIDTHxHEIGHT"), ("0x0", "must be positive"),
+    ("18x16", "not a multiple of the model's factor 4: use width 16 or 20"),
+    ("12x16", "smaller than the model's window of 16x16 pixels"),
+])
+def test_bad_sizes(trained, tmp_path, size, message):
+    result = CliRunner().invoke(cli, ["sample", "--model", str(trained / "run" / "last.safetensors"),
+                                      "--size", size, "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_stage1_bundle_is_not_a_stage2_model(first_stage, tmp_path):
+    result = CliRunner().invoke(cli, ["sample", "--model", str(first_stage), "--size", "16x16",
+                                      "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "is a stage1 bundle; this command needs a stage-2" in result.output
+
+
+def test_tokenize_then_train_on_shards(first_stage, tmp_path):
+    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    shards = tmp_path / "tokens"
+    result = CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards), "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["count"] == 16 and manifest["grid"] == [8, 8]
+    result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run"),
+                                      "--set", f"data.tokens='{shards}'"])
+    assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards)])
+    assert again.exit_code == 1 and "already holds finished token shards" in again.output
+
+
+def test_shards_from_another_first_stage_are_refused(first_stage, tmp_path):
+    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    shards = tmp_path / "tokens"
+    assert CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards)]).exit_code == 0
+    other = Stage1Model.load(first_stage)
+    with torch.no_grad():
+        other.vqgan.decoder.conv_out.bias.add_(1.0)
+    other.save(tmp_path / "other.safetensors")
+    result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run"),
+                                      "--set", f"data.tokens='{shards}'",
+                                      "--set", f"transformer.first_stage='{tmp_path / 'other.safetensors'}'"])
+    assert result.exit_code == 1 and "were made by another stage-1 model" in result.output
+
+
+def test_interrupted_tokenize_resumes(tmp_path, monkeypatch):
+    from vqtoolkit import tokens
+
+    data = [{"image": torch.full((1, 2, 2), float(i))} for i in range(10)]
+    identity = {"first_stage": {"fingerprint": "abc"}}
+
+    def encode(batch):
+        return {"codes": batch["image"][:, 0].long()}
+
+    def run():
+        return tokens.tokenize(data, tmp_path / "t", encode=encode, identity=identity, batch_size=2,
+                               shard_size=4, num_workers=0)
+
+    original, calls = tokens._save_npy, {"n": 0}
+
+    def dies_on_second_shard(path, array):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        original(path, array)
+
+    monkeypatch.setattr(tokens, "_save_npy", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["count"] == 4 and not manifest["complete"]
+    monkeypatch.setattr(tokens, "_save_npy", original)
+    assert run()["count"] == 10
+    shards = tokens.TokenShards(tmp_path / "t")
+    assert [int(shards[i]["codes"][0, 0]) for i in range(10)] == list(range(10))
