@@ -261,7 +261,7 @@ def crop_like(arr: np.ndarray, crop: torch.Tensor, *, mode: str = "bilinear", wh
     if arr.shape[:2] != (h, w):
         raise DataError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but its image is {w}x{h}; paired files "
                         "must have the size of their image")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).float()
+    t = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))  # a copy: read-only arrays are fine
     t = t[None, None] if arr.ndim == 2 else t.permute(2, 0, 1)[None]  # (1, C, H, W)
     if (nh, nw) != (h, w):
         if mode == "nearest":

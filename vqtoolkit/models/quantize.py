@@ -46,7 +46,7 @@ def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:
 
 
 class _CodeUsage(nn.Module):
-    """Per-code age in training batches since last use; not saved in checkpoints (it is bookkeeping).
+    """Per-code age in training batches since last use; saved, so a resumed run restarts codes on time.
 
     A code counts as used if it was picked in one of the last `window` batches; a code is dead once a
     full window has been observed and it was not picked in it.
@@ -56,8 +56,8 @@ class _CodeUsage(nn.Module):
         super().__init__()
         self.window = window
         # Start "never seen": usage grows from 0 as codes are picked.
-        self.register_buffer("age", torch.full((n_codes,), window, dtype=torch.long), persistent=False)
-        self.register_buffer("batches", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("age", torch.full((n_codes,), window, dtype=torch.long))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update(self, counts: Tensor) -> None:  # counts (K,) of this batch (all ranks summed)

@@ -93,7 +93,8 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device)
     disc = loss_fn.discriminator
     lr = scaled_lr(cfg, rt.world_size)
-    opt_ae = torch.optim.Adam(vqgan.parameters(), lr=lr, betas=(0.5, 0.9))
+    trainable = [p for p in vqgan.parameters() if p.requires_grad]  # EMA codebooks are not optimised
+    opt_ae = torch.optim.Adam(trainable, lr=lr, betas=(0.5, 0.9))
     opt_disc = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     ema = ModelEMA(vqgan, cfg.ema_decay) if cfg.ema_decay > 0 else None
     ae = DDP(vqgan) if rt.distributed else vqgan

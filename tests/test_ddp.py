@@ -1,0 +1,90 @@
+"""DDP on CPU (gloo, 2 processes) matches one process with the same global batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import save_file
+
+from vqtoolkit.checkpoint import load_bundle
+from vqtoolkit.recipes import load_recipe
+from vqtoolkit.train.stage1 import train_stage1
+
+from .conftest import write
+from .test_train_stage1 import TINY
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, recipe_path: str, out: str, overrides: list) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        recipe = load_recipe(recipe_path, overrides)
+        train_stage1(recipe, out, device="cpu")
+        # every rank dumps what it holds, to check that ranks agree
+        from vqtoolkit.train import stage1
+
+        del stage1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _dump_rank_state(rank: int, world: int, port: int, recipe_path: str, out: str, overrides: list) -> None:
+    """Train, then write this rank's quantizer codebook (ranks must agree)."""
+    import vqtoolkit.train.stage1 as stage1
+
+    captured = {}
+    original = stage1.Stage1Model.build
+
+    def build(*args, **kwargs):
+        model = original(*args, **kwargs)
+        captured["model"] = model
+        return model
+
+    stage1.Stage1Model.build = build
+    _rank_main(rank, world, port, recipe_path, out, overrides)
+    state = {k: v.contiguous() for k, v in captured["model"].vqgan.state_dict().items()}
+    save_file(state, os.path.join(out, f"rank{rank}.safetensors"))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_process_gloo_matches_single_process(tmp_path, accumulate):
+    recipe = write(tmp_path / "tiny.toml", TINY)
+    # ch 64: with one channel per GroupNorm group a conv bias before the norm has zero gradient,
+    # and Adam would amplify float noise in it into differences of order lr.
+    # A small lr: vector quantization is discontinuous (a near-tie can flip a code), so large steps
+    # would amplify float-level differences between the runs into different code assignments.
+    common = ["model.ch=64", "train.base_learning_rate=1e-6", "loss.disc_start=100", "train.max_steps=3", "train.sample_every=100", "train.channels_last=false",
+              f"train.accumulate={accumulate}"]
+    single = tmp_path / "single"
+    train_stage1(load_recipe(recipe, common + ["train.batch_size=4"]), single, device="cpu")
+
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    mp.start_processes(_dump_rank_state, args=(2, _free_port(), str(recipe), str(ddp),
+                                               common + ["train.batch_size=2"]),
+                       nprocs=2, start_method="spawn")
+    a = load_bundle(single / "last.safetensors").namespace("vqgan")
+    b = load_bundle(ddp / "last.safetensors").namespace("vqgan")
+    assert a.keys() == b.keys()
+    diffs = torch.cat([(b[k].double() - a[k].double()).abs().flatten() for k in a if a[k].is_floating_point()])
+    # Adam moves each weight by about lr per step whatever the gradient's size, so float noise in
+    # near-zero gradients (summation order differs across processes) shows up in a handful of weights.
+    lr = 1e-6 * 4 * accumulate  # base_learning_rate x global batch x accumulate
+    assert diffs.max() <= 3 * lr
+    assert diffs.mean() < 1e-3 * lr
+    from safetensors.torch import load_file
+
+    r0, r1 = load_file(str(ddp / "rank0.safetensors")), load_file(str(ddp / "rank1.safetensors"))
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"

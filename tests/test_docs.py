@@ -1,0 +1,77 @@
+"""The plugin documentation is complete and its example works (a missing hook fails here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vqtoolkit import conditions, hookspecs
+from vqtoolkit.cli import cli
+from vqtoolkit.conditions import Condition
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+HOOKS_DOC = (DOCS / "plugin_hooks.md").read_text()
+CONDITIONS_DOC = (DOCS / "conditions.md").read_text()
+BUILTINS = ("segmentation", "depth", "edge", "pose", "superres", "class", "coordinates")
+
+
+def hook_specs() -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn) for name, fn in vars(hookspecs).items()
+            if name.startswith("vqt_") and hasattr(fn, "vqtoolkit_spec")}
+
+
+def test_there_are_hooks_to_document():
+    assert {"vqt_register_conditions", "vqt_register_commands"} <= set(hook_specs())
+
+
+@pytest.mark.parametrize("name", sorted(hook_specs()))
+def test_every_hook_is_documented_with_its_signature(name):
+    params = ", ".join(hook_specs()[name].parameters)
+    heading = f"### {name}({params})"
+    assert heading in HOOKS_DOC, f"docs/plugin_hooks.md lacks a '{heading}' section"
+    section = HOOKS_DOC.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    for part in ("**Arguments**", "**Returns**", "**Fires**", "```python", "@hookimpl", f"def {name}("):
+        assert part in section, f"the {name} section lacks {part}"
+
+
+def test_every_condition_member_is_documented():
+    contract = HOOKS_DOC.split("## The Condition contract", 1)[1].split("\n## ", 1)[0]
+    members = [n for n in vars(Condition) if not n.startswith("_")]
+    assert {"name", "kind", "Options", "has_stage", "from_item", "read", "render", "tokens"} <= set(members)
+    for member in members:
+        assert f"| `{member}" in contract, f"Condition.{member} is missing from the contract table"
+
+
+def test_the_complete_example_plugin_works(install_plugin):
+    example = HOOKS_DOC.split("## A complete plugin", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    install_plugin("brightness", example)
+    listing = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert listing["conditions"]["brightness"]["plugin"] == "brightness"
+    import torch
+
+    condition = conditions.get_condition("brightness")
+    raw = condition.from_item({"image": torch.zeros(3, 8, 8)}, None)
+    assert raw.shape == (1, 8, 8) and condition.render(raw, None).shape == (8, 8, 3)
+
+
+def test_hook_examples_are_valid_python():
+    for block in re.findall(r"```python\n(.*?)```", HOOKS_DOC, flags=re.S):
+        compile(block, "docs/plugin_hooks.md", "exec")
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_builtin_condition_and_option_is_documented(name):
+    condition = conditions.get_condition(name)
+    assert f"\n## {name}\n" in CONDITIONS_DOC, f"docs/conditions.md lacks a '## {name}' section"
+    section = CONDITIONS_DOC.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+    assert condition.description in section
+    for field in dataclasses.fields(condition.Options):
+        default = field.default
+        assert f"`{field.name}`" in section, f"option {name}.{field.name} is undocumented"
+        assert f"default {default}" in section, f"the default of {name}.{field.name} ({default}) is undocumented"
