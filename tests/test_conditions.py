@@ -281,6 +281,10 @@ def test_pose_json_errors(tmp_path, text, message):
 
 def test_pose_file_errors(tmp_path):
     c, o = cond("pose")
+    with pytest.raises(DataError, match=r"item 'x' has no pose"):
+        c.from_item({"name": "x", "image": torch.zeros(3, 8, 8)}, o)
+    with pytest.raises(VqtError, match="expects raw maps of 3 channel"):
+        c.render(torch.zeros(1, 8, 8), o)
     with pytest.raises(ImageError, match=r"pose file .*none.json does not exist"):
         c.read(str(tmp_path / "none.json"), (8, 8), o)
     Image.new("RGB", (8, 6)).save(tmp_path / "limbs.png")
@@ -304,6 +308,9 @@ def test_superres_degrades_and_reads_small_images(tmp_path, item):
     assert up.shape == (3, 48, 64) and torch.allclose(up[0], torch.ones(48, 64), atol=1e-5)
     with pytest.raises(ImageError, match=r"small.png is 8x6, larger than --size 4x4; give the small image"):
         c.read(str(tmp_path / "small.png"), (4, 4), o)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "small.png").read_bytes()[:40])
+    with pytest.raises(ImageError, match=r"cut.png is (truncated|not an image file)"):
+        c.read(str(tmp_path / "cut.png"), (48, 64), o)
     with pytest.raises(RecipeError, match=r"condition.factor = 1 is invalid"):
         cond("superres", factor=1)
     with pytest.raises(VqtError, match="expects raw maps of 3 channel"):
@@ -325,6 +332,7 @@ def test_class_tokens_vocab_and_reading(item):
     assert c.null_tokens(o).tolist() == [N_CLASSES]
     picture = c.render(raw, o)
     assert picture.shape == (16, 64, 3) and (picture < 128).any()
+    assert not np.array_equal(c.render(c.null_tokens(o), o), picture)  # "no class"
 
 
 def test_class_label_dropout_uses_the_generator():

@@ -167,20 +167,22 @@ def encode_files(images: list[str], outputs: list[Path], model_path: str | Path,
                  fit: str | None = None, device: str = "cpu", progress: Any = None,
                  force: bool = False) -> None:
     """Encode each image file to a `.npy` grid of indices (h×w), one output per image."""
+    from .fileio import all_or_nothing
     from .images import check_size, crop_or_pad_to_multiple, load_image, save_codes, to_tensor
 
     model = Stage1Model.load(model_path, device)
     channels = model.model_config.in_channels
-    for src, dst in zip(images, outputs):
-        arr = load_image(src, channels=channels)
-        if fit:
-            arr = crop_or_pad_to_multiple(arr, model.factor, mode=fit)
-        else:
-            check_size(arr.shape[0], arr.shape[1], model.factor, name=src)
-        codes = model.encode(to_tensor(arr)[None])[0]  # (h, w)
-        save_codes(codes.cpu().numpy(), dst, force=force)
-        if progress is not None:
-            progress(1)
+    with all_or_nothing() as written:
+        for src, dst in zip(images, outputs):
+            arr = load_image(src, channels=channels)
+            if fit:
+                arr = crop_or_pad_to_multiple(arr, model.factor, mode=fit)
+            else:
+                check_size(arr.shape[0], arr.shape[1], model.factor, name=src)
+            codes = model.encode(to_tensor(arr)[None])[0]  # (h, w)
+            written.append(save_codes(codes.cpu().numpy(), dst, force=force))
+            if progress is not None:
+                progress(1)
 
 
 def decode_files(codes: list[str], outputs: list[Path], model_path: str | Path, *,
@@ -188,26 +190,25 @@ def decode_files(codes: list[str], outputs: list[Path], model_path: str | Path, 
     """Decode `.npy` code grids to PNG; an N×h×w file becomes OUT-stem_0000.png, ... Returns the count."""
     import numpy as np
 
-    from .fileio import check_new
+    from .fileio import all_or_nothing, check_new
     from .images import load_codes, save_png, to_uint8
 
     model = Stage1Model.load(model_path, device)
-    written = 0
-    for src, dst in zip(codes, outputs):
-        grid = load_codes(src, n_codes=model.n_codes)
-        batch = torch.from_numpy(np.asarray(grid, dtype=np.int64))
-        if batch.ndim == 2:
-            targets = [dst]
-            batch = batch[None]  # (1, h, w)
-        else:
-            targets = [dst.with_name(f"{dst.stem}_{i:04d}.png") for i in range(batch.shape[0])]
-            for t in targets:
-                check_new(t, force)
-        for start in range(0, batch.shape[0], 8):
-            images = model.decode(batch[start:start + 8])
-            for img, target in zip(images, targets[start:start + 8]):
-                save_png(to_uint8(img), target, force=force)
-                written += 1
-        if progress is not None:
-            progress(1)
-    return written
+    with all_or_nothing() as written:
+        for src, dst in zip(codes, outputs):
+            grid = load_codes(src, n_codes=model.n_codes)
+            batch = torch.from_numpy(np.asarray(grid, dtype=np.int64))
+            if batch.ndim == 2:
+                targets = [dst]
+                batch = batch[None]  # (1, h, w)
+            else:
+                targets = [dst.with_name(f"{dst.stem}_{i:04d}.png") for i in range(batch.shape[0])]
+                for t in targets:
+                    check_new(t, force)
+            for start in range(0, batch.shape[0], 8):
+                images = model.decode(batch[start:start + 8])
+                for img, target in zip(images, targets[start:start + 8]):
+                    written.append(save_png(to_uint8(img), target, force=force))
+            if progress is not None:
+                progress(1)
+    return len(written)

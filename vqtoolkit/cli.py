@@ -378,7 +378,7 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
                    cfg_scale: float, batch_size: int, out: str, keep_codes: bool, device: str,
                    force: bool) -> None:
     """Draw images of any size (sliding window beyond the training window)."""
-    from .fileio import check_new
+    from .fileio import all_or_nothing, check_new
     from .generator import Stage2Model
     from .images import image_grid, save_codes, save_png, to_uint8
 
@@ -418,14 +418,29 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
                                      batch_size=batch_size, cfg_scale=cfg_scale)
     finally:
         bar.close()
-    for img, p in zip(images, paths):
-        save_png(to_uint8(img), p, force=force)
-    if keep_codes:
-        save_codes(codes.cpu().numpy(), codes_path, force=force)
-    if raw is not None and raw.ndim == 3 and not single:
-        rendered = model.condition.condition.render(raw, model.condition.options)
-        save_png(image_grid([[rendered] + [to_uint8(i) for i in images[:3]]]), target / "grid.png", force=force)
+    with all_or_nothing() as written:
+        for img, p in zip(images, paths):
+            written.append(save_png(to_uint8(img), p, force=force))
+        if keep_codes:
+            written.append(save_codes(codes.cpu().numpy(), codes_path, force=force))
+        if raw is not None and raw.ndim == 3 and not single:
+            rendered = model.condition.condition.render(raw, model.condition.options)
+            grid_png = image_grid([[rendered] + [to_uint8(i) for i in images[:3]]])
+            written.append(save_png(grid_png, target / "grid.png", force=force))
     click.echo(f"wrote {n} sample(s) of {size[1]}x{size[0]} ({grid[1]}x{grid[0]} codes) to {out}")
+
+
+@cli.command("scene")
+@click.option("--size", "size_text", default="1024x576", show_default=True, help="WIDTHxHEIGHT in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def scene_command(size_text: str, seed: int, out: str, force: bool) -> None:
+    """Write a built-in synthetic scene with its exact depth, segmentation, pose and class (inputs for --cond)."""
+    from .synthetic import render_scene, write_scene
+
+    paths = write_scene(render_scene(seed, parse_size(size_text)), out, force=force)
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @cli.command("convert")

@@ -63,3 +63,15 @@ def check_new(path: str | Path, force: bool) -> None:
     """Refuse early (before any work) to overwrite an existing output without --force."""
     if Path(path).exists() and not force:
         raise VqtError(f"{path} already exists; pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Collect the outputs one command writes; if it fails part-way, remove them (no partial output)."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise

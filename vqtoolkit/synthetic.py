@@ -13,7 +13,9 @@ centres at integers), so a horizontal flip maps x to W - 1 - x.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -296,3 +298,31 @@ def render_scene(seed: int, size: int | tuple[int, int]) -> Scene:
         a.setflags(write=False)
     image, depth, seg, inst, pose = arrays
     return Scene(image, depth, seg, inst, tuple(cv.objects), pose, int(label))
+
+
+def write_scene(scene: Scene, folder: str | Path, force: bool = False) -> list[Path]:
+    """Write a scene as files the CLI reads: image.png, depth.png (16-bit, near = small),
+    segmentation.png (8-bit labels), pose.json (COCO-17 keypoints), label.txt."""
+    from .fileio import atomic_write_text
+    from .images import save_png
+
+    folder = Path(folder)
+    depth16 = np.round(scene.depth / max(float(scene.depth.max()), 1e-6) * 65535).astype(np.uint16)
+    paths = [folder / n for n in ("image.png", "depth.png", "segmentation.png", "pose.json", "label.txt")]
+    save_png(np.asarray(scene.image), paths[0], force=force)
+    save_png16(depth16, paths[1], force=force)
+    save_png(np.asarray(scene.segmentation, dtype=np.uint8), paths[2], force=force)
+    keypoints = {"width": scene.image.shape[1], "height": scene.image.shape[0],
+                 "keypoints": np.asarray(scene.pose, dtype=np.float64).round(2).tolist()}
+    atomic_write_text(paths[3], json.dumps(keypoints), force=force)
+    atomic_write_text(paths[4], f"{scene.label} {CLASS_NAMES[scene.label]}\n", force=force)
+    return paths
+
+
+def save_png16(array: np.ndarray, path: Path, force: bool = False) -> None:
+    from PIL import Image
+
+    from .fileio import atomic_path
+
+    with atomic_path(path, force=force) as tmp:
+        Image.fromarray(array.astype(np.uint16)).save(tmp, format="PNG")

@@ -223,6 +223,8 @@ class RunDir:
             state = load_train_state(self.state)
             if rt.is_main:
                 self._trim_metrics(int(state["step"]))
+                for stale in self.path.glob(".*.tmp"):  # writes cut short by a kill
+                    stale.unlink(missing_ok=True)
             return state
         if self.state.exists() or self.bundle.exists():
             if not force:
@@ -241,8 +243,13 @@ class RunDir:
         """Drop metrics logged after the checkpoint we resume from; they will be logged again."""
         if not self.metrics.is_file():
             return
-        kept = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
         atomic_write_text(self.metrics, "".join(line + "\n" for line in kept), force=True)
 
     def log_metrics(self, record: dict[str, Any]) -> None:
