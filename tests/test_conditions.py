@@ -573,8 +573,6 @@ def test_drin_depth_builds_the_papers_transformer():
     assert without_positions == 304_408_576
 
 
-@pytest.mark.xfail(strict=True, reason="core: build_gpt makes block = prefix + window² - 1 = 511; the "
-                   "reference (and imported D-RIN checkpoints) use 512 = prefix + window²")
 def test_drin_depth_transformer_has_the_papers_parameter_count():
     gpt = _drin_gpt()
     assert gpt.block_size == 512

@@ -71,7 +71,7 @@ def test_train_stage2_writes_bundle_and_samples(trained):
     assert records[0]["bits_per_token"] == pytest.approx(records[0]["loss"] / np.log(2))
     assert "val_bits_per_token" in records[-1]
     model = Stage2Model.load(run / "last.safetensors")
-    assert model.window == 4 and model.gpt.block_size == 1 + 16 - 1 and model.condition is None
+    assert model.window == 4 and model.gpt.block_size == 1 + 16 and model.condition is None
 
 
 @pytest.mark.parametrize("size, grid", [("16x16", (4, 4)), ("44x24", (6, 11))])

@@ -80,6 +80,17 @@ def _check_stage(condition: Condition, options: Any, stage: Stage1Model, path: s
                        f"with these options gives {want}; train its VQGAN with model.in_channels = {want}")
 
 
+def check_condition_grid(spec: ConditionSpec | None, raw: torch.Tensor, grid: tuple[int, int], where: str) -> None:
+    """A spatial/positional condition must tokenize to the image's code grid (same factor f)."""
+    if spec is None or not spec.grid_like:
+        return
+    tokens = spec.tokens(raw[None])  # (1, h, w)
+    if tuple(tokens.shape[1:]) != tuple(grid):
+        raise RecipeError(f"{where}: condition '{spec.name}' gives a {tokens.shape[2]}x{tokens.shape[1]} token "
+                          f"grid but the image gives {grid[1]}x{grid[0]} codes; its VQGAN (or down_factor) "
+                          "must use the image VQGAN's factor f")
+
+
 def prefix_length(spec: ConditionSpec | None, window: int, global_tokens: int = 1) -> int:
     if spec is None:
         return 1  # the start token
@@ -234,7 +245,7 @@ class Stage2Model:
         if tokens.ndim == 3 and tuple(tokens.shape[1:]) != grid:
             raise VqtError(f"the '{self.condition.name}' condition encodes to a {tokens.shape[2]}x"
                            f"{tokens.shape[1]} grid but the image grid is {grid[1]}x{grid[0]} codes; "
-                           "its VQGAN must have the same factor f as the image VQGAN")
+                           "its VQGAN (or down_factor) must use the image VQGAN's factor f")
         return tokens.expand(n, *tokens.shape[1:])
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["folder", "synthetic"] = "folder"
+    source: Literal["folder", "paired", "synthetic"] = "folder"  # paired: images/ + one folder per condition
     root: str = ""  # folder of training images (recursive) for source = "folder"
     list_file: str = ""  # alternative to `root`: a text file with one image path per line
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)

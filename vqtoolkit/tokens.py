@@ -32,7 +32,7 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -152,7 +152,7 @@ def tokenize_recipe(recipe: Any, out: str | Path, *, model_path: str = "", devic
     """Encode the recipe's data with its stage 1 (and condition stage) into shards under `out`."""
     from .api import Stage1Model
     from .data import WithCondition
-    from .generator import ConditionSpec
+    from .generator import ConditionSpec, check_condition_grid
     from .train.stage1 import stage1_datasets
 
     path = model_path or recipe.transformer.first_stage
@@ -163,6 +163,8 @@ def tokenize_recipe(recipe: Any, out: str | Path, *, model_path: str = "", devic
     dataset, _ = stage1_datasets(recipe, first.model_config.in_channels, augment=False)
     if spec is not None:
         dataset = WithCondition(dataset, spec.condition, spec.options)
+        grid = recipe.data.size // first.factor
+        check_condition_grid(spec, dataset[0]["cond_raw"].to(device), (grid, grid), recipe.path or "recipe")
     identity: dict[str, Any] = {
         "first_stage": {"path": str(path), "fingerprint": fingerprint(first.tensors())},
         "condition": spec.meta() if spec else {"name": "", "options": {}},

@@ -226,13 +226,12 @@ class RunDir:
                 for stale in self.path.glob(".*.tmp"):  # writes cut short by a kill
                     stale.unlink(missing_ok=True)
             return state
-        if self.state.exists() or self.bundle.exists():
-            if not force:
-                raise VqtError(f"{self.path} already holds a run; pass --resume to continue it, "
-                               "--force to start over, or --out for another folder")
-            if rt.is_main:
-                for p in (self.state, self.bundle, self.metrics):
-                    p.unlink(missing_ok=True)
+        if (self.state.exists() or self.bundle.exists()) and not force:
+            raise VqtError(f"{self.path} already holds a run; pass --resume to continue it, "
+                           "--force to start over, or --out for another folder")
+        if rt.is_main:  # also what a run killed before its first checkpoint left behind
+            for p in (self.state, self.bundle, self.metrics, *self.path.glob(".*.tmp")):
+                p.unlink(missing_ok=True)
         rt.barrier()
         if rt.is_main:
             self.samples.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ def stage1_datasets(recipe: Recipe, channels: int, augment: bool = True) -> tupl
         val = build_dataset("synthetic", "", d.size, train=False, n=max(d.val_n, 1),
                             **{**common, "seed": common["seed"] + 7_919})
     elif d.val_root:
-        val = build_dataset("folder", d.val_root, d.size, train=False, n=0, **{**common, "list_file": ""})
+        val = build_dataset(d.source, d.val_root, d.size, train=False, n=0, **{**common, "list_file": ""})
     else:
         val = None
     return train, val

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from ..api import Stage1Model
 from ..data import WithCondition
 from ..errors import RecipeError
-from ..generator import ConditionSpec, Stage2Model, crop_window, prefix_length
+from ..generator import ConditionSpec, Stage2Model, check_condition_grid, crop_window, prefix_length
 from ..images import image_grid, save_png, to_uint8
 from ..models.transformer import GPT, corrupt_tokens, image_loss
 from ..recipes import Recipe
@@ -70,7 +70,7 @@ def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
 def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> GPT:
     t = recipe.transformer
     vocab = max(first.n_codes, spec.vocab_size() if spec else 1)
-    block = prefix_length(spec, t.window) + t.window * t.window - 1
+    block = prefix_length(spec, t.window) + t.window * t.window  # one spare position, as the reference
     return GPT(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop, t.attn_pdrop)
 
 
@@ -138,6 +138,8 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                           f"(data.size {recipe.data.size} at f = {first.factor}); lower the window or raise "
                           f"data.size to at least {t.window * first.factor}")
     train_set, val_set = stage2_data(recipe, first, spec)
+    if not recipe.data.tokens and spec is not None:
+        check_condition_grid(spec, train_set[0]["cond_raw"].to(rt.device), (grid, grid), recipe.path or "recipe")
     gpt = build_gpt(recipe, first, spec).to(rt.device)
     model = Stage2Model(first, gpt, t.window, spec)
     lr = scaled_lr(cfg, rt.world_size)

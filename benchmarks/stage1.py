@@ -1,0 +1,160 @@
+"""Stage-1 speed and memory against the reference code's computation, measured in one run.
+
+Prints one JSON object. For the paper's f16 architecture (ch_mult 1,1,2,2,4, 2 res blocks,
+attention at 16, z 256, 1024 codes) at `--ch` 64 (and 128 with --ch 128):
+
+- train_step: the GAN-phase step at 128x128, batch 2, full loss (L1 + LPIPS + codebook + PatchGAN with
+  the adaptive weight). "reference" rebuilds taming-transformers' computation from its description:
+  channels-first, and a second autoencoder forward for the discriminator step whose loss function
+  also evaluates LPIPS it never uses. "ours" times vqtoolkit's real training loop (train_stage1) on
+  built-in scenes, so data loading and logging are included.
+- encode / decode: images per second at 256x256, batch 4 (reference: channels-first under no_grad;
+  ours: Stage1Model, channels_last under inference_mode).
+
+LPIPS uses a random VGG (same compute as the real one; its weights are not on this machine).
+Each figure runs in its own process so peak memory (max RSS) is its own.
+
+    python benchmarks/stage1.py [--ch 64] [--steps 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+
+import torch
+
+ARCH = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256, resolution=256)
+
+
+def _configs(ch: int):
+    from vqtoolkit.recipes import LossConfig, ModelConfig, QuantizerConfig
+
+    model = ModelConfig(ch=ch, **ARCH)
+    # the reference quantizer: lookup in embed_dim, no restarts
+    quantizer = QuantizerConfig(n_codes=1024, embed_dim=256, codebook_dim=0, l2_normalize=False,
+                                restart_dead=False, legacy_beta=True)
+    loss = LossConfig(perceptual_backbone="random", disc_start=0)
+    return model, quantizer, loss
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_step(ch: int, steps: int) -> dict:
+    """taming's two optimizer passes per batch, channels-first."""
+    from vqtoolkit.api import build_vqgan
+    from vqtoolkit.losses import VQLoss
+
+    model_cfg, q_cfg, loss_cfg = _configs(ch)
+    torch.manual_seed(0)
+    vqgan = build_vqgan(model_cfg, q_cfg)
+    loss_fn = VQLoss(**dataclasses.asdict(loss_cfg))
+    opt_ae = torch.optim.Adam(vqgan.parameters(), lr=1e-5, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-5, betas=(0.5, 0.9))
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        recon, qloss, _, _ = vqgan(x)  # optimizer_idx 0
+        g_loss, _ = loss_fn.generator_loss(x, recon, qloss, vqgan.last_layer, step)
+        opt_ae.zero_grad()
+        g_loss.backward()
+        opt_ae.step()
+        recon, qloss, _, _ = vqgan(x)  # optimizer_idx 1: the autoencoder runs again
+        loss_fn.perceptual(x, recon.detach()).mean()  # its loss computes LPIPS before branching
+        d_loss, _ = loss_fn.discriminator_loss(x, recon.detach(), step)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        if step:  # the first step warms up allocators and ActNorm
+            times.append(time.perf_counter() - start)
+    return {"seconds_per_step": sum(times) / len(times), "peak_rss_mb": _peak_mb()}
+
+
+def our_step(ch: int, steps: int) -> dict:
+    """vqtoolkit's training loop, timed between progress callbacks after a warm-up step."""
+    from vqtoolkit.recipes import DataConfig, Recipe, TrainConfig
+    from vqtoolkit.train.stage1 import train_stage1
+
+    model_cfg, q_cfg, loss_cfg = _configs(ch)
+    recipe = Recipe(data=DataConfig(source="synthetic", size=128, n=64, val_n=0, num_workers=1),
+                    model=model_cfg, quantizer=q_cfg, loss=loss_cfg,
+                    train=TrainConfig(max_steps=steps + 1, batch_size=2, base_learning_rate=1e-6,
+                                      checkpoint_every=10_000, sample_every=10_000, log_every=10_000))
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        train_stage1(recipe, out, progress=lambda step, total, logs: stamps.append(time.perf_counter()))
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"seconds_per_step": sum(gaps) / len(gaps), "peak_rss_mb": _peak_mb()}
+
+
+def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
+    from vqtoolkit.api import Stage1Model
+
+    model_cfg, q_cfg, _ = _configs(ch)
+    torch.manual_seed(0)
+    model = Stage1Model.build(model_cfg, q_cfg)
+    model.vqgan.eval()
+    x = torch.rand(4, 3, 256, 256) * 2 - 1
+    codes = torch.randint(1024, (4, 16, 16))
+    if ours:
+        model.vqgan.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        run = (lambda: model.encode(x)) if direction == "encode" else (lambda: model.decode(codes))
+        context = torch.inference_mode
+    else:
+        vq = model.vqgan
+        run = (lambda: vq.encode(x)) if direction == "encode" else (lambda: vq.decode_indices(codes))
+        context = torch.no_grad
+    with context():
+        run()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        seconds = (time.perf_counter() - start) / repeats
+    return {"images_per_second": 4 / seconds, "peak_rss_mb": _peak_mb()}
+
+
+def _in_child(queue, threads, fn, *args):
+    torch.set_num_threads(threads)
+    queue.put(fn(*args))
+
+
+def isolated(threads: int, fn, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_in_child, args=(queue, threads, fn, *args))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    result: dict = {"ch": args.ch, "threads": args.threads, "device": "cpu"}
+    ref = isolated(args.threads, reference_step, args.ch, args.steps)
+    ours = isolated(args.threads, our_step, args.ch, args.steps)
+    result["train_step_128px_batch2"] = {"reference": ref, "ours": ours,
+                                         "time_ratio": ours["seconds_per_step"] / ref["seconds_per_step"]}
+    for direction in ("encode", "decode"):
+        ref = isolated(args.threads, codec, args.ch, False, direction)
+        ours = isolated(args.threads, codec, args.ch, True, direction)
+        result[f"{direction}_256px_batch4"] = {"reference": ref, "ours": ours,
+                                               "speedup": ours["images_per_second"] / ref["images_per_second"]}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
