@@ -2,7 +2,7 @@
 
 Prints one JSON object. Model: 8 layers, 512 wide, 8 heads, vocab 1024, block 512, random weights,
 2 CPU threads. The sliding figures are for a 1024x576 image at f16 (grid 36x64, window 16x16,
-256 condition tokens per window, as a depth condition gives). A full stride-1 run takes about ten
+256 condition tokens per window, as a depth condition gives). A full stride-1 run takes 7-10
 minutes, so by default only `--tokens` tokens are timed and the total is extrapolated per token.
 
 The timed tokens start at row 8, the first row whose window sits in the steady state
@@ -83,8 +83,8 @@ def time_sliding(run: Callable[..., torch.Tensor], gpt: GPT, start: int, n_token
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=64,
-                        help="sliding-window tokens timed per method (default one row; >= 2304 times full runs)")
+    parser.add_argument("--tokens", type=int, default=128,
+                        help="sliding-window tokens timed per method (default two rows; >= 2304 times full runs)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

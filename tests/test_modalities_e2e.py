@@ -33,7 +33,7 @@ TINY = [  # a ~0.4M-parameter f = 8 VQGAN (channels_last is slower on CPU), no G
     "model.z_channels=16", "quantizer.embed_dim=16", "quantizer.n_codes=32", "loss.disc_start=1000",
     "train.channels_last=false", "train.batch_size=4", "train.checkpoint_every=1000", "train.sample_every=1000",
     "train.log_every=1000"]
-TINY_GPT = ["data.size=32", "data.n=16", "data.val_n=2", "data.num_workers=0", "sample.n=2",
+TINY_GPT = ["data.size=32", "data.n=16", "data.tokens=''", "data.val_n=2", "data.num_workers=0", "sample.n=2",
             "transformer.n_layer=1", "transformer.n_head=2", "transformer.n_embd=32", "transformer.window=4",
             "train.batch_size=4", "train.max_steps=3", "train.checkpoint_every=1000",
             "train.sample_every=1000", "train.log_every=1000"]

@@ -212,3 +212,12 @@ def decode_files(codes: list[str], outputs: list[Path], model_path: str | Path, 
             if progress is not None:
                 progress(1)
     return len(written)
+
+
+def __getattr__(name: str) -> Any:
+    """`from vqtoolkit.api import Stage2Model`: re-exported lazily, since it builds on Stage1Model."""
+    if name == "Stage2Model":
+        from .generator import Stage2Model
+
+        return Stage2Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -192,20 +192,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Defaults for `vqt sample` and for the sample grids written during stage-2 training."""
+    """How the sample grids written during stage-2 training are drawn."""
 
     n: int = 4
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filtering
     top_p: float = 1.0
-    window_stride: int = 4  # sliding-window stride in tokens (1: the reference behaviour)
 
     def __post_init__(self) -> None:
         _check(self.n >= 1, "sample.n", self.n, "an integer >= 1")
         _check(self.temperature > 0, "sample.temperature", self.temperature, "a positive number")
         _check(self.top_k >= 0, "sample.top_k", self.top_k, "an integer >= 0")
         _check(0.0 < self.top_p <= 1.0, "sample.top_p", self.top_p, "a number in (0, 1]")
-        _check(self.window_stride >= 1, "sample.window_stride", self.window_stride, "an integer >= 1")
 
 
 @dataclass(frozen=True)

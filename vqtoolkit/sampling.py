@@ -57,11 +57,12 @@ def sample_logits(
 
 @contextmanager
 def _eval_mode(gpt: GPT) -> Iterator[None]:
-    # Sampling must not see dropout; restore the caller's mode afterwards.
+    # Sampling must not see dropout; restore the caller's mode afterwards. inference_mode skips
+    # autograd's bookkeeping, which matters for one-token cached steps.
     was_training = gpt.training
     gpt.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         gpt.train(was_training)

@@ -153,14 +153,14 @@ def tokenize_recipe(recipe: Any, out: str | Path, *, model_path: str = "", devic
     from .api import Stage1Model
     from .data import WithCondition
     from .generator import ConditionSpec, check_condition_grid
-    from .train.stage1 import stage1_datasets
+    from .train.stage1 import training_dataset
 
     path = model_path or recipe.transformer.first_stage
     if not path:
         raise VqtError("name the stage-1 bundle with --model or transformer.first_stage in the recipe")
     first = Stage1Model.load(path, device)
     spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", device)
-    dataset, _ = stage1_datasets(recipe, first.model_config.in_channels, augment=False)
+    dataset = training_dataset(recipe, first.model_config.in_channels, augment=False)
     if spec is not None:
         dataset = WithCondition(dataset, spec.condition, spec.options)
         grid = recipe.data.size // first.factor

@@ -410,7 +410,8 @@ def _restore(job: Job, state: dict[str, Any], rt: Runtime, cfg: TrainConfig) -> 
         restore_rng(rngs[rt.rank])
     else:  # another world size: the same global data order, fresh per-rank randomness
         seed_everything(cfg.seed + rt.rank + 1_000_003 * step)
-    return step, int(state["batches_done"])
+    # The data position is global (samples seen by all ranks), so it survives a new world size.
+    return step, int(state["samples_done"]) // (cfg.batch_size * rt.world_size)
 
 
 def _checkpoint(job: Job, run: RunDir, rt: Runtime, recipe: Recipe, step: int, batches_done: int) -> None:
@@ -421,7 +422,8 @@ def _checkpoint(job: Job, run: RunDir, rt: Runtime, recipe: Recipe, step: int, b
         dist.all_gather_object(rngs, rng_state())
     if rt.is_main:
         job.export(run.bundle)
-        state = {"step": step, "batches_done": batches_done, "recipe": recipe_to_dict(recipe), "rng": rngs,
+        samples_done = batches_done * recipe.train.batch_size * rt.world_size
+        state = {"step": step, "samples_done": samples_done, "recipe": recipe_to_dict(recipe), "rng": rngs,
                  "modules": {n: m.state_dict() for n, m in job.modules.items()},
                  "optimizers": {n: o.state_dict() for n, o in job.optimizers.items()},
                  "schedulers": {n: s.state_dict() for n, s in (job.schedulers or {}).items()}}

@@ -30,19 +30,26 @@ from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, 
 log = logging.getLogger(__name__)
 
 
-def stage1_datasets(recipe: Recipe, channels: int, augment: bool = True) -> tuple[Any, Any]:
-    """Training set (random crops and flips unless not `augment`) and held-out set (centre crops)."""
+def training_dataset(recipe: Recipe, channels: int, augment: bool = True) -> Any:
+    """The recipe's training images (random crops and flips when `augment`)."""
     d = recipe.data
-    common = dict(channels=channels, seed=recipe.train.seed, list_file=d.list_file, strict=d.strict)
-    train = build_dataset(d.source, d.root, d.size, train=augment, n=d.n, **common)
+    return build_dataset(d.source, d.root, d.size, train=augment, n=d.n, channels=channels,
+                         seed=recipe.train.seed, list_file=d.list_file, strict=d.strict)
+
+
+def held_out_dataset(recipe: Recipe, channels: int) -> Any:
+    """Held-out images (centre crops): disjoint synthetic scenes, or `data.val_root`; else None."""
+    d = recipe.data
     if d.source == "synthetic":
-        val = build_dataset("synthetic", "", d.size, train=False, n=max(d.val_n, 1),
-                            **{**common, "seed": common["seed"] + 7_919})
-    elif d.val_root:
-        val = build_dataset(d.source, d.val_root, d.size, train=False, n=0, **{**common, "list_file": ""})
-    else:
-        val = None
-    return train, val
+        return build_dataset("synthetic", "", d.size, train=False, n=max(d.val_n, 1), channels=channels,
+                             seed=recipe.train.seed + 7_919)
+    if d.val_root:
+        return build_dataset(d.source, d.val_root, d.size, train=False, channels=channels, strict=d.strict)
+    return None
+
+
+def stage1_datasets(recipe: Recipe, channels: int) -> tuple[Any, Any]:
+    return training_dataset(recipe, channels), held_out_dataset(recipe, channels)
 
 
 def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:

@@ -26,36 +26,41 @@ from ..recipes import Recipe
 from ..tokens import TokenShards, fingerprint
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
-from .stage1 import stage1_datasets
+from .stage1 import held_out_dataset, training_dataset
 
 log = logging.getLogger(__name__)
 
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
-    """Token shards (checked against the models) or images with their raw conditions."""
-    if recipe.data.tokens:
-        shards = TokenShards(recipe.data.tokens)
-        want = fingerprint(first.tensors())
-        have = shards.manifest.get("first_stage", {}).get("fingerprint")
-        if have != want:
-            raise RecipeError(f"token shards in {recipe.data.tokens} were made by another stage-1 model "
-                              f"({shards.manifest.get('first_stage', {}).get('path', '?')}, fingerprint "
-                              f"{have}) than transformer.first_stage = {recipe.transformer.first_stage} "
-                              f"({want}); re-run 'vqt tokenize' with this model")
-        cond_name = shards.manifest.get("condition", {}).get("name", "")
-        if cond_name != (spec.name if spec else ""):
-            raise RecipeError(f"token shards in {recipe.data.tokens} carry condition '{cond_name}' but the "
-                              f"recipe's is '{spec.name if spec else ''}'")
-        if spec is not None and spec.stage is not None:
-            if shards.manifest.get("cond_stage", {}).get("fingerprint") != fingerprint(spec.stage.tensors()):
-                raise RecipeError(f"token shards in {recipe.data.tokens} were made by another condition "
-                                  f"stage than condition.stage = {recipe.condition.stage}")
-        return shards, None
-    train, val = stage1_datasets(recipe, first.model_config.in_channels)
+    """Training data (token shards checked against the models, or images with their raw conditions)
+    and the held-out images (with conditions) that sample grids and bits per token use."""
+    channels = first.model_config.in_channels
+    train = _checked_shards(recipe, first, spec) if recipe.data.tokens else training_dataset(recipe, channels)
+    val = held_out_dataset(recipe, channels)
     if spec is not None:
-        train = WithCondition(train, spec.condition, spec.options)
+        train = train if recipe.data.tokens else WithCondition(train, spec.condition, spec.options)
         val = WithCondition(val, spec.condition, spec.options) if val is not None else None
     return train, val
+
+
+def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> TokenShards:
+    shards = TokenShards(recipe.data.tokens)
+    want = fingerprint(first.tensors())
+    have = shards.manifest.get("first_stage", {}).get("fingerprint")
+    if have != want:
+        raise RecipeError(f"token shards in {recipe.data.tokens} were made by another stage-1 model "
+                          f"({shards.manifest.get('first_stage', {}).get('path', '?')}, fingerprint "
+                          f"{have}) than transformer.first_stage = {recipe.transformer.first_stage} "
+                          f"({want}); re-run 'vqt tokenize' with this model")
+    cond_name = shards.manifest.get("condition", {}).get("name", "")
+    if cond_name != (spec.name if spec else ""):
+        raise RecipeError(f"token shards in {recipe.data.tokens} carry condition '{cond_name}' but the "
+                          f"recipe's is '{spec.name if spec else ''}'")
+    if spec is not None and spec.stage is not None:
+        if shards.manifest.get("cond_stage", {}).get("fingerprint") != fingerprint(spec.stage.tensors()):
+            raise RecipeError(f"token shards in {recipe.data.tokens} were made by another condition "
+                              f"stage than condition.stage = {recipe.condition.stage}")
+    return shards
 
 
 def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
@@ -138,7 +143,7 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                           f"(data.size {recipe.data.size} at f = {first.factor}); lower the window or raise "
                           f"data.size to at least {t.window * first.factor}")
     train_set, val_set = stage2_data(recipe, first, spec)
-    if not recipe.data.tokens and spec is not None:
+    if not recipe.data.tokens and spec is not None:  # shards were checked when they were made
         check_condition_grid(spec, train_set[0]["cond_raw"].to(rt.device), (grid, grid), recipe.path or "recipe")
     gpt = build_gpt(recipe, first, spec).to(rt.device)
     model = Stage2Model(first, gpt, t.window, spec)
