@@ -139,3 +139,29 @@ def test_non_finite_loss(recipe_path, tmp_path, monkeypatch, policy):
         before = load_bundle  # the run continues past the bad step
         assert stage1.train_stage1(recipe, tmp_path / "run")["step"] == 4
         assert before(tmp_path / "run" / "last.safetensors").kind == "stage1"
+
+
+def test_trains_on_an_image_folder(recipe_path, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images" / "sub"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "run"),
+                     "--set", "data.source='folder'", "--set", f"data.root='{tmp_path / 'images'}'",
+                     "--set", "train.max_steps=1")
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_data_and_device_are_clean_errors(recipe_path, tmp_path):
+    missing = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "a"),
+                      "--set", "data.source='folder'", "--set", f"data.root='{tmp_path / 'nope'}'")
+    assert missing.exit_code == 1 and "is not a folder" in missing.output
+    odd = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "b"), "--set", "data.size=15")
+    assert odd.exit_code == 1 and "not a multiple of the model's factor f = 2" in odd.output
+    if not torch.cuda.is_available():
+        cuda = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "c"), "--device", "cuda")
+        assert cuda.exit_code == 1 and "no CUDA device is available" in cuda.output

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .checkpoint import Bundle, load_bundle, load_state, module_tensors, save_bundle
-from .errors import ImageError
+from .errors import CheckpointError, ImageError
 from .models.quantize import build_quantizer
 from .models.vqgan import VQGAN
 from .recipes import ModelConfig, QuantizerConfig, section_from_dict
@@ -43,8 +43,10 @@ class Stage1Model:
     @classmethod
     def from_bundle(cls, bundle: Bundle, prefix: str = "vqgan", config_key: str = "") -> Stage1Model:
         """Rebuild from a bundle; `config_key` selects a nested config (stage-2 bundles)."""
-        config = bundle.config[config_key] if config_key else bundle.config
+        config = bundle.config.get(config_key, {}) if config_key else bundle.config
         where = f"{bundle.path} (config{'.' + config_key if config_key else ''})"
+        if "model" not in config or "quantizer" not in config:
+            raise CheckpointError(f"{where} lacks the model/quantizer sections that rebuild the VQGAN")
         model = section_from_dict(ModelConfig, config["model"], where)
         quantizer = section_from_dict(QuantizerConfig, config["quantizer"], where)
         instance = cls.build(model, quantizer, config.get("condition") or None)

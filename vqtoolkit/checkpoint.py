@@ -86,7 +86,10 @@ def load_bundle(path: str | Path, expect_kind: str | None = None) -> Bundle:
     if meta.get("format", "").split("/")[0] != "vqtoolkit":
         raise CheckpointError(f"{path} is not a vqtoolkit bundle (no 'format' metadata); "
                               "original taming-transformers checkpoints need 'vqt convert' first")
-    version = int(meta.get("format_version", "0") or 0)
+    try:
+        version = int(meta.get("format_version", "0") or 0)
+    except ValueError:
+        raise CheckpointError(f"{path} has a damaged format_version {meta.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} uses bundle format version {version}, newer than this "
                               f"vqtoolkit {__version__} reads ({FORMAT_VERSION}); upgrade vqtoolkit")
@@ -170,7 +173,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a vqtoolkit training state")
     try:
         return unflatten_state(json.loads(meta["state"]), load_file(str(path)))
-    except (KeyError, json.JSONDecodeError, SafetensorError) as e:
+    except (KeyError, json.JSONDecodeError, SafetensorError, OSError) as e:
         raise CheckpointError(f"training state {path} is damaged: {e}") from None
 
 

@@ -261,6 +261,8 @@ def eval_command(data: str, model_path: str, size: int | None, n: int, batch_siz
 
     model = Stage1Model.load(model_path, _device(device))
     size = size or model.model_config.resolution
+    if size % model.factor or size < 16:
+        raise VqtError(f"--size {size}: expected a multiple of the model's factor {model.factor}, at least 16")
     grid_path = Path(grid or Path(model_path).with_suffix("").as_posix() + "-eval.png")
     if grid_path.exists() and not force:
         raise VqtError(f"{grid_path} already exists; pass --force to overwrite or --grid for another path")
@@ -288,9 +290,11 @@ def eval_command(data: str, model_path: str, size: int | None, n: int, batch_siz
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        import torch
+    import torch
 
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VqtError("--device cuda, but no CUDA device is available; use --device cpu or auto")
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -364,8 +368,9 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--top-k", type=int, default=None, help="Sample among the k most likely codes.")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling mass in (0, 1].")
 @click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--window-stride", type=int, default=4, show_default=True,
-              help="Sliding-window step in codes (1: the reference behaviour, slowest).")
+@click.option("--window-stride", type=int, default=None,
+              help="Sliding-window step in codes: 1 is the reference behaviour (slowest); default half the "
+                   "window (see benchmarks/README.md for speed and quality).")
 @click.option("--cfg-scale", type=float, default=1.0, show_default=True,
               help="Classifier-free guidance scale (models trained with label dropout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -374,7 +379,8 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def sample_command(model_path: str, cond: str | None, class_label: int | None, size_text: str, n: int,
-                   seed: int, top_k: int | None, top_p: float | None, temperature: float, window_stride: int,
+                   seed: int, top_k: int | None, top_p: float | None, temperature: float,
+                   window_stride: int | None,
                    cfg_scale: float, batch_size: int, out: str, keep_codes: bool, device: str,
                    force: bool) -> None:
     """Draw images of any size (sliding window beyond the training window)."""
@@ -403,6 +409,8 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
         if model.condition is None:
             raise VqtError("this model is unconditional; drop --cond/--class")
         raw = model.condition.condition.read(spec, size, model.condition.options)
+        if raw.ndim == 3 and not single:
+            check_new(target / "grid.png", force)
     bar = _Bar("sample", "tok")
     state = {"last": 0}
 
@@ -432,14 +440,17 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
 
 @cli.command("scene")
 @click.option("--size", "size_text", default="1024x576", show_default=True, help="WIDTHxHEIGHT in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def scene_command(size_text: str, seed: int, out: str, force: bool) -> None:
     """Write a built-in synthetic scene with its exact depth, segmentation, pose and class (inputs for --cond)."""
     from .synthetic import render_scene, write_scene
 
-    paths = write_scene(render_scene(seed, parse_size(size_text)), out, force=force)
+    size = parse_size(size_text)
+    if min(size) < 8:
+        raise VqtError(f"--size {size_text}: scenes need at least 8x8 pixels")
+    paths = write_scene(render_scene(seed, size), out, force=force)
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

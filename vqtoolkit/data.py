@@ -105,12 +105,13 @@ class ImageFolder(Dataset):
             raise DataError(f"data size must be a positive number of pixels, got {size}")
         self.size, self.channels, self.train = size, channels, train
         self.strict, self.max_pixels = strict, max_pixels
-        if list_file is not None:
+        if list_file:  # recipes use "" for "not given"
             self.origin = Path(list_file)
             self.paths, self.names = _read_list(self.origin)
         else:
-            if root is None:
-                raise DataError("an image folder dataset needs a root folder or a list file")
+            if not root:
+                raise DataError("an image folder dataset needs a root folder (data.root) or a list file "
+                                "(data.list_file)")
             self.origin = Path(root)
             looked_for = f"looked for {', '.join(IMAGE_EXTENSIONS)}, any case, recursively"
             if not self.origin.is_dir():

@@ -303,19 +303,25 @@ def render_scene(seed: int, size: int | tuple[int, int]) -> Scene:
 def write_scene(scene: Scene, folder: str | Path, force: bool = False) -> list[Path]:
     """Write a scene as files the CLI reads: image.png, depth.png (16-bit, near = small),
     segmentation.png (8-bit labels), pose.json (COCO-17 keypoints), label.txt."""
-    from .fileio import atomic_write_text
+    from .fileio import all_or_nothing, atomic_write_text, check_new
     from .images import save_png
 
     folder = Path(folder)
     depth16 = np.round(scene.depth / max(float(scene.depth.max()), 1e-6) * 65535).astype(np.uint16)
     paths = [folder / n for n in ("image.png", "depth.png", "segmentation.png", "pose.json", "label.txt")]
-    save_png(np.asarray(scene.image), paths[0], force=force)
-    save_png16(depth16, paths[1], force=force)
-    save_png(np.asarray(scene.segmentation, dtype=np.uint8), paths[2], force=force)
+    for path in paths:
+        check_new(path, force)
     keypoints = {"width": scene.image.shape[1], "height": scene.image.shape[0],
                  "keypoints": np.asarray(scene.pose, dtype=np.float64).round(2).tolist()}
-    atomic_write_text(paths[3], json.dumps(keypoints), force=force)
-    atomic_write_text(paths[4], f"{scene.label} {CLASS_NAMES[scene.label]}\n", force=force)
+    with all_or_nothing() as written:
+        written.append(save_png(np.asarray(scene.image), paths[0], force=force))
+        save_png16(depth16, paths[1], force=force)
+        written.append(paths[1])
+        written.append(save_png(np.asarray(scene.segmentation, dtype=np.uint8), paths[2], force=force))
+        atomic_write_text(paths[3], json.dumps(keypoints), force=force)
+        written.append(paths[3])
+        atomic_write_text(paths[4], f"{scene.label} {CLASS_NAMES[scene.label]}\n", force=force)
+        written.append(paths[4])
     return paths
 
 

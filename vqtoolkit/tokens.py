@@ -67,7 +67,12 @@ def tokenize(dataset: Dataset, out: str | Path, *, encode: Callable[[dict[str, A
     manifest = {"format": FORMAT, **identity, "count": 0, "total": len(dataset), "shards": [],
                 "complete": False}
     if path.exists():
-        old = read_manifest(out)
+        try:
+            old = read_manifest(out)
+        except DataError:
+            if not force:
+                raise
+            old = {}
         same = all(old.get(k) == v for k, v in identity.items()) and old.get("total") == len(dataset)
         if old.get("complete") and not force:
             raise VqtError(f"{out} already holds finished token shards; pass --force to redo them")
@@ -78,6 +83,8 @@ def tokenize(dataset: Dataset, out: str | Path, *, encode: Callable[[dict[str, A
             manifest = old
     out.mkdir(parents=True, exist_ok=True)
     start = manifest["count"]
+    if progress is not None and start:
+        progress(start)  # resumed: the bar starts where the last run stopped
     indices = list(range(start, len(dataset)))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                         num_workers=num_workers, shuffle=False)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..checkpoint import load_train_state, save_train_state
 from ..fileio import atomic_write_text
-from ..errors import DataError, VqtError
+from ..errors import CheckpointError, DataError, VqtError
 from ..recipes import Recipe, TrainConfig, recipe_to_dict, recipe_to_toml
 
 log = logging.getLogger(__name__)
@@ -396,14 +396,19 @@ def check_finite(loss: torch.Tensor, rt: Runtime) -> None:
 
 
 def _restore(job: Job, state: dict[str, Any], rt: Runtime, cfg: TrainConfig) -> tuple[int, int]:
-    for name, module in job.modules.items():
-        module.load_state_dict(state["modules"][name])
-    for name, opt in job.optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
-    for name, sched in (job.schedulers or {}).items():
-        sched.load_state_dict(state["schedulers"][name])
-    if job.ema is not None and "ema" in state:
-        job.ema.shadow.load_state_dict(state["ema"])
+    try:
+        for name, module in job.modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, opt in job.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in (job.schedulers or {}).items():
+            sched.load_state_dict(state["schedulers"][name])
+        if job.ema is not None and "ema" in state:
+            job.ema.shadow.load_state_dict(state["ema"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--resume: the saved training state does not fit this recipe's model "
+                              f"({type(e).__name__}: {str(e)[:300]}); resume with the run's own recipe "
+                              "or start a new --out") from None
     step = int(state["step"])
     rngs = state["rng"]
     if len(rngs) == rt.world_size:

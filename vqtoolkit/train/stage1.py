@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,6 @@ from ..losses import VQLoss
 from ..recipes import Recipe
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
-
-log = logging.getLogger(__name__)
-
 
 def training_dataset(recipe: Recipe, channels: int, augment: bool = True) -> Any:
     """The recipe's training images (random crops and flips when `augment`)."""
@@ -81,6 +77,9 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train a VQGAN as the recipe says; returns a summary (final step, held-out PSNR, usage)."""
     cfg = recipe.train
+    if recipe.data.size % recipe.model.factor:
+        raise RecipeError(f"{recipe.path or 'recipe'}: data.size = {recipe.data.size} is not a multiple of the "
+                          f"model's factor f = {recipe.model.factor}")
     rt = setup_runtime(cfg, device)
     run = RunDir(out)
     state = run.prepare(recipe, resume, force, rt)
@@ -97,7 +96,7 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     model = Stage1Model.build(recipe.model, recipe.quantizer)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     vqgan = model.vqgan.to(rt.device, memory_format=memory_format)
-    loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device)
+    loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device, memory_format=memory_format)
     disc = loss_fn.discriminator
     lr = scaled_lr(cfg, rt.world_size)
     trainable = [p for p in vqgan.parameters() if p.requires_grad]  # EMA codebooks are not optimised
@@ -146,8 +145,12 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
             _step(opt_disc, disc, cfg.grad_clip)
         return logs
 
+    condition_meta = ({"name": recipe.condition.name, "options": dict(recipe.condition.options)}
+                      if recipe.condition.name else None)
+
     def trained() -> Stage1Model:
-        return Stage1Model(ema.shadow if ema else vqgan, model.model_config, model.quantizer_config)
+        return Stage1Model(ema.shadow if ema else vqgan, model.model_config, model.quantizer_config,
+                           condition_meta)
 
     def export(path: Path) -> None:
         trained().save(path, force=True)

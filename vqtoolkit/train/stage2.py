@@ -6,7 +6,6 @@ spatial condition's grid), so the model can later slide that window over larger 
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,6 @@ from ..tokens import TokenShards, fingerprint
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
 from .stage1 import held_out_dataset, training_dataset
-
-log = logging.getLogger(__name__)
-
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
     """Training data (token shards checked against the models, or images with their raw conditions)
@@ -52,10 +48,15 @@ def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | No
                           f"({shards.manifest.get('first_stage', {}).get('path', '?')}, fingerprint "
                           f"{have}) than transformer.first_stage = {recipe.transformer.first_stage} "
                           f"({want}); re-run 'vqt tokenize' with this model")
-    cond_name = shards.manifest.get("condition", {}).get("name", "")
-    if cond_name != (spec.name if spec else ""):
-        raise RecipeError(f"token shards in {recipe.data.tokens} carry condition '{cond_name}' but the "
-                          f"recipe's is '{spec.name if spec else ''}'")
+    have_cond = shards.manifest.get("condition", {})
+    want_cond = spec.meta() if spec else {"name": "", "options": {}}
+    if have_cond != want_cond:
+        raise RecipeError(f"token shards in {recipe.data.tokens} carry condition {have_cond} but the "
+                          f"recipe's is {want_cond}; re-run 'vqt tokenize' with this recipe")
+    grid = min(shards.manifest.get("grid", [0, 0]))
+    if grid < recipe.transformer.window:
+        raise RecipeError(f"transformer.window = {recipe.transformer.window} is larger than the {grid}x{grid} "
+                          f"code grids in {recipe.data.tokens}; tokenize larger images or lower the window")
     if spec is not None and spec.stage is not None:
         if shards.manifest.get("cond_stage", {}).get("fingerprint") != fingerprint(spec.stage.tensors()):
             raise RecipeError(f"token shards in {recipe.data.tokens} were made by another condition "
@@ -154,11 +155,14 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     net = DDP(gpt) if rt.distributed else gpt
     if cfg.compile:
         net = torch.compile(net)
-    crop_gen = torch.Generator().manual_seed(cfg.seed * 7 + rt.rank)
+    crop_gen = torch.Generator()
     sequences = Sequences(model, crop_gen)
-    noise_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 13 + rt.rank)
+    noise_gen = torch.Generator(device=rt.device)
 
     def step_fn(step: int, next_batch: Any) -> dict[str, float]:
+        # Crops, pkeep noise and label dropout are drawn from (seed, rank, step): a resumed run repeats them.
+        crop_gen.manual_seed(hash((cfg.seed, rt.rank, step, 1)) % 2**63)  # int tuples hash stably
+        noise_gen.manual_seed(hash((cfg.seed, rt.rank, step, 2)) % 2**63)
         opt.zero_grad(set_to_none=True)
         gpt.train()
         total = 0.0
@@ -196,13 +200,14 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
 
 @torch.no_grad()
 def held_out_bits(model: Stage2Model, gpt: GPT, val_set: Dataset, recipe: Recipe, rt: Runtime) -> float:
-    """Teacher-forced bits per image token on the held-out set (fixed windows: the top-left one)."""
+    """Teacher-forced bits per image token on the held-out set (windows drawn from a fixed seed)."""
     gpt.eval()
     sequences = Sequences(model, torch.Generator().manual_seed(0), train=False)
     losses = []
     for start in range(0, len(val_set), recipe.train.batch_size):
         items = [val_set[i] for i in range(start, min(start + recipe.train.batch_size, len(val_set)))]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "name"}
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "cond_raw", "codes", "cond")
+                 if k in items[0]}
         prefix, image = sequences(batch, rt.device)
         logits = gpt(torch.cat([prefix, image], dim=1)[:, :-1])
         losses.append(float(image_loss(logits, image, prefix.shape[1])) * len(items))
