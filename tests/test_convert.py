@@ -400,11 +400,11 @@ def test_segmentation_model_drops_colorize(tmp_path, foreign):
 
 # ---- stage 2 -----------------------------------------------------------------------------------------
 
-def net2net_hparams(foreign, cond_stage, **extra):
+def net2net_hparams(foreign, cond_stage, block_size=6, **extra):
     return hparams(
         foreign,
         transformer_config={"target": "taming.modules.transformer.mingpt.GPT",
-                            "params": {"vocab_size": 16, "block_size": 6, "n_layer": 1, "n_head": 2,
+                            "params": {"vocab_size": 16, "block_size": block_size, "n_layer": 1, "n_head": 2,
                                        "n_embd": 8}},
         first_stage_config={"target": "taming.models.vqgan.VQModel",
                             "params": {"embed_dim": 8, "n_embed": 16, "ddconfig": ddconfig(32),
@@ -634,3 +634,31 @@ def test_existing_output_needs_force(tmp_path):
     convert_checkpoint(tmp_path / "m.ckpt", tmp_path / "m.safetensors", force=True)
     assert Stage1Model.load(tmp_path / "m.safetensors").n_codes == 16
 
+
+
+def test_cli_commands_run_on_converted_bundles(tmp_path, foreign):
+    """vqt convert, then encode / decode / sample on what it wrote."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from vqtoolkit.cli import cli
+
+    def vqt(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    save_lightning(tmp_path / "vq.ckpt", ref_vqgan(), foreign)
+    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt(block_size=257)}
+    params = net2net_hparams(foreign, "__is_unconditional__", block_size=257, sos_token=0)  # 1 + 16x16
+    save_lightning(tmp_path / "gpt.ckpt", sd, foreign, params)
+    forget(foreign)
+    vqt("convert", tmp_path / "vq.ckpt", "-o", tmp_path / "vq.safetensors")
+    vqt("convert", tmp_path / "gpt.ckpt", "-o", tmp_path / "gpt.safetensors")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "x.png")
+    vqt("encode", tmp_path / "x.png", "--model", tmp_path / "vq.safetensors", "-o", tmp_path / "x.npy")
+    vqt("decode", tmp_path / "x.npy", "--model", tmp_path / "vq.safetensors", "-o", tmp_path / "y.png")
+    assert Image.open(tmp_path / "y.png").size == (32, 32)
+    vqt("sample", "--model", tmp_path / "gpt.safetensors", "--size", "32x32", "-o", tmp_path / "s.png")
+    assert Image.open(tmp_path / "s.png").size == (32, 32)
