@@ -77,6 +77,25 @@ def _read_list(list_file: Path) -> tuple[list[Path], list[str]]:
     return paths, names
 
 
+def first_readable(paths: list[Path], i: int, bad: dict[int, str], channels: int, max_pixels: int,
+                   strict: bool) -> tuple[int, np.ndarray]:
+    """Image i, or the next readable one after it (wrapping): unreadable files are skipped, remembered
+    in `bad` and logged, unless `strict`, where the first one raises."""
+    n = len(paths)
+    for j in (k % n for k in range(i, i + n)):
+        if j in bad:
+            continue
+        try:
+            return j, load_image(paths[j], channels, max_pixels)
+        except ImageError as e:
+            if strict:
+                raise
+            bad[j] = str(e)
+            log.warning("skipping unreadable image: %s", e)
+    raise DataError(f"none of the {n} images could be read (first: {paths[0]}; pass data.strict = true "
+                    "to stop at the first one with its reason)")
+
+
 class ImageFolder(Dataset):
     """Images from a folder tree (`root`) or a list file (then `root` is unused), cropped square.
 
@@ -155,20 +174,8 @@ class ImageFolder(Dataset):
         return arr  # (size, size, C)
 
     def __getitem__(self, i: int) -> dict[str, object]:
-        n = len(self)
-        for j in (k % n for k in range(i, i + n)):
-            if j in self._bad:
-                continue
-            try:
-                arr = load_image(self.paths[j], self.channels, self.max_pixels)
-            except ImageError as e:
-                if self.strict:
-                    raise
-                self._bad[j] = str(e)
-                log.warning("skipping unreadable image: %s", e)
-                continue
-            return {"image": to_tensor(self._crop(arr)), "name": self.names[j]}
-        raise DataError(f"none of the {n} images from {self.origin} could be read; {self.summary()}")
+        j, arr = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
+        return {"image": to_tensor(self._crop(arr)), "name": self.names[j]}
 
 
 class SyntheticScenes(Dataset):
@@ -312,7 +319,7 @@ class PairedFolder(Dataset):
         self.paired = {d.name: self._match(d) for d in sorted(self.root.iterdir())
                        if d.is_dir() and d.name != "images" and not d.name.startswith(".")}
         self.labels = self._labels()
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}
 
     def _match(self, folder: Path) -> list[str]:
         """The file of `folder` paired with each image, in image order; errors name the gaps."""
@@ -359,30 +366,18 @@ class PairedFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, object]:
-        n = len(self)
-        for j in (k % n for k in range(i, i + n)):
-            if j in self._bad:
-                continue
-            try:
-                arr = load_image(self.paths[j], self.channels, self.max_pixels)
-            except ImageError as e:
-                if self.strict:
-                    raise
-                self._bad.add(j)
-                log.warning("skipping unreadable image: %s", e)
-                continue
-            crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train)
-            image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
-            item: dict[str, object] = {
-                "image": to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)),
-                "name": self.names[j],
-                "crop": crop,  # (7,) int64
-                "paired": {name: files[j] for name, files in self.paired.items()},
-            }
-            if self.labels is not None:
-                item["label"] = torch.tensor(self.labels[j])
-            return item
-        raise DataError(f"none of the {n} images under {self.root / 'images'} could be read")
+        j, arr = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
+        crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train)
+        image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
+        item: dict[str, object] = {
+            "image": to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)),
+            "name": self.names[j],
+            "crop": crop,  # (7,) int64
+            "paired": {name: files[j] for name, files in self.paired.items()},
+        }
+        if self.labels is not None:
+            item["label"] = torch.tensor(self.labels[j])
+        return item
 
 
 def build_dataset(
