@@ -108,3 +108,14 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(opt2.state_dict()["state"][0][k], v)
     assert torch.equal(back["rng"][0], torch.get_rng_state())
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "m.safetensors"
+    save_bundle(path, {"a": torch.ones(1)}, kind="stage1", config={})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

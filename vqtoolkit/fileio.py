@@ -34,6 +34,7 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600 files; outputs get the usual umask
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
@@ -43,6 +44,12 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:
