@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-# The quick start on built-in synthetic scenes (no download), about 10 minutes on 2 CPU cores:
+# The quick start on built-in synthetic scenes (no download), about 12-15 minutes on 2 CPU cores:
 # a tiny VQGAN, an unconditional transformer over its codes and a depth-conditioned one, each
 # sampled at 1024x576 with the sliding window. Outputs: runs/ (models, metrics, grids) and demo/.
 demo: $(BIN)/.installed
