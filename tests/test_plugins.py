@@ -120,3 +120,16 @@ def test_duplicate_condition_names_both_plugins(install_plugin):
 def test_unknown_condition_suggests():
     with pytest.raises(PluginError, match=r"unknown condition 'sgmentation'; did you mean 'segmentation'\?"):
         conditions.get_condition("sgmentation")
+
+
+def test_plugin_command_conflict_never_breaks_help(install_plugin):
+    install_plugin("clash", """
+        from vqtoolkit.errors import PluginError
+        from vqtoolkit.hookspecs import hookimpl
+        @hookimpl
+        def vqt_register_commands(cli):
+            raise PluginError("command 'sample' clashes with a built-in")
+    """)
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0 and "train-stage1" in result.output
+    assert "clashes" in plugins.get_plugin_manager().info("clash").error

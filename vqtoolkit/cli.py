@@ -22,15 +22,16 @@ from .errors import VqtError
 class VqtGroup(click.Group):
     """Loads plugin commands lazily and reports VqtError without a traceback."""
 
-    _plugins_added = False
+    _plugins_from: object = None  # the plugin manager whose commands were added
 
     def _add_plugin_commands(self) -> None:
-        if self._plugins_added:
-            return
-        self._plugins_added = True
         from .plugins import get_plugin_manager
 
-        get_plugin_manager().call_each("vqt_register_commands", lambda plugin: {"cli": self})
+        manager = get_plugin_manager()
+        if self._plugins_from is manager:
+            return
+        self._plugins_from = manager
+        manager.call_each("vqt_register_commands", lambda plugin: {"cli": self}, conflicts_fatal=False)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -42,11 +43,13 @@ class PluginManager:
     def info(self, name: str) -> PluginInfo:
         return next(p for p in self.plugins if p.name == name)
 
-    def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]]) -> None:
+    def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]],
+                  conflicts_fatal: bool = True) -> None:
         """Call a hook plugin by plugin with `kwargs_for(plugin_name)`.
 
         A plugin whose hook raises is reported and skipped; the rest still run. A VqtError (such as
-        a duplicate condition name) is a conflict the user must resolve, so it propagates.
+        a duplicate condition name) is a conflict the user must resolve, so it propagates when
+        `conflicts_fatal` (commands pass False: a plugin must never break `vqt --help`).
         """
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
@@ -54,7 +57,11 @@ class PluginManager:
             try:
                 impl.function(**wanted)
             except VqtError:
-                raise
+                if conflicts_fatal:
+                    raise
+                info = self.info(impl.plugin_name)
+                info.error = f"{hook_name} failed: {sys.exc_info()[1]}"
+                log.warning("plugin %s: %s", impl.plugin_name, info.error)
             except Exception as e:  # a broken plugin must not take down the rest
                 info = self.info(impl.plugin_name)
                 info.error = f"{hook_name} failed: {type(e).__name__}: {e}"

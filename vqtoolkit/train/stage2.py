@@ -73,10 +73,11 @@ def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
     return first
 
 
-def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> GPT:
+def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None, global_tokens: int = 1) -> GPT:
+    """The transformer for this recipe; `global_tokens`: how many tokens a global condition gives."""
     t = recipe.transformer
     vocab = max(first.n_codes, spec.vocab_size() if spec else 1)
-    block = prefix_length(spec, t.window) + t.window * t.window  # one spare position, as the reference
+    block = prefix_length(spec, t.window, global_tokens) + t.window * t.window  # one spare, as the reference
     return GPT(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop, t.attn_pdrop)
 
 
@@ -146,7 +147,12 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     train_set, val_set = stage2_data(recipe, first, spec)
     if not recipe.data.tokens and spec is not None:  # shards were checked when they were made
         check_condition_grid(spec, train_set[0]["cond_raw"].to(rt.device), (grid, grid), recipe.path or "recipe")
-    gpt = build_gpt(recipe, first, spec).to(rt.device)
+    global_tokens = 1
+    if spec is not None and not spec.grid_like:  # measured, so a plugin may give several tokens
+        item = train_set[0]
+        tokens = item["cond"] if "cond" in item else spec.tokens(item["cond_raw"][None].to(rt.device))[0]
+        global_tokens = tokens.numel()
+    gpt = build_gpt(recipe, first, spec, global_tokens).to(rt.device)
     model = Stage2Model(first, gpt, t.window, spec)
     lr = scaled_lr(cfg, rt.world_size)
     opt = gpt.configure_optimizer(lr, t.weight_decay)
