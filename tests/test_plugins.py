@@ -133,3 +133,11 @@ def test_plugin_command_conflict_never_breaks_help(install_plugin):
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0 and "train-stage1" in result.output
     assert "clashes" in plugins.get_plugin_manager().info("clash").error
+
+
+def test_two_distributions_with_one_plugin_name_are_reported(install_plugin):
+    install_plugin("depth", "raise RuntimeError('must never be imported')\n", version="9.9")
+    manager = plugins.get_plugin_manager()
+    clashes = [p for p in manager.plugins if p.name == "depth" and p.error]
+    assert len(clashes) == 1 and "already taken by built-in" in clashes[0].error
+    assert "depth" in conditions.registered()

@@ -93,12 +93,15 @@ def load_plugins() -> PluginManager:
     pm.add_hookspecs(hookspecs)
     allowed = _allowed()
     infos: list[PluginInfo] = []
-    seen: set[str] = set()
-    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
-        if ep.name in seen:  # the same distribution can be visible twice on sys.path
-            continue
-        seen.add(ep.name)
+    seen: dict[str, str] = {}  # entry-point name -> source
+    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: (e.name, _source(e))):
         source = _source(ep)
+        if ep.name in seen:
+            if seen[ep.name] != source:  # (one distribution seen twice on sys.path is not a clash)
+                infos.append(PluginInfo(ep.name, source, error=f"not loaded: the plugin name '{ep.name}' "
+                                                                 f"is already taken by {seen[ep.name]}"))
+            continue
+        seen[ep.name] = source
         if allowed is not None and source != "built-in" and ep.name not in allowed:
             continue
         info = PluginInfo(ep.name, source)
