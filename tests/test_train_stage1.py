@@ -165,3 +165,24 @@ def test_bad_data_and_device_are_clean_errors(recipe_path, tmp_path):
     if not torch.cuda.is_available():
         cuda = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "c"), "--device", "cuda")
         assert cuda.exit_code == 1 and "no CUDA device is available" in cuda.output
+
+
+def test_unreadable_images_are_counted_or_stop_with_strict(recipe_path, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "6.png").write_bytes(b"not a png")
+    (folder / "7.jpg").write_bytes((folder / "0.png").read_bytes()[:40])  # truncated
+    args = ["train-stage1", str(recipe_path), "--set", "data.source='folder'", "--set", f"data.root='{folder}'",
+            "--set", "train.max_steps=2"]
+    result = run_cli(*args, "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 unreadable image(s)" in result.output
+    strict = run_cli(*args, "--out", str(tmp_path / "strict"), "--strict")
+    assert strict.exit_code == 1 and ("6.png" in strict.output or "7.jpg" in strict.output)
+    assert "Traceback" not in strict.output

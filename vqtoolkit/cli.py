@@ -144,6 +144,7 @@ def _recipe_options(f: Any) -> Any:
     f = click.option("--force", is_flag=True, help="Start over, replacing a previous run's files.")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
                      help="Override train.device.")(f)
+    f = click.option("--strict", is_flag=True, help="Stop at the first unreadable image (data.strict).")(f)
     return f
 
 
@@ -151,16 +152,23 @@ def _recipe_options(f: Any) -> Any:
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @_recipe_options
 def train_stage1_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
-                         force: bool, device: str | None) -> None:
+                         force: bool, device: str | None, strict: bool) -> None:
     """Train a VQGAN (stage 1) from a TOML recipe."""
-    from .recipes import load_recipe
     from .train.stage1 import train_stage1
 
-    recipe = load_recipe(recipe_path, overrides)
-    out = out or f"runs/{recipe.stem}"
-    bar = _Bar("stage 1", "step")
+    _train(train_stage1, "stage 1", recipe_path, overrides, out, resume, force, device, strict)
+
+
+def _train(train: Any, desc: str, recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
+           force: bool, device: str | None, strict: bool) -> None:
+    """Both train-* commands: load the recipe, run with a progress bar, report on rank 0."""
+    from .recipes import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides + (("data.strict=true",) if strict else ()))
+    bar = _Bar(desc, "step")
     try:
-        summary = train_stage1(recipe, out, resume=resume, force=force, device=device, progress=bar.steps)
+        summary = train(recipe, out or f"runs/{recipe.stem}", resume=resume, force=force, device=device,
+                        progress=bar.steps)
     finally:
         bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -169,7 +177,10 @@ def train_stage1_command(recipe_path: str, overrides: tuple[str, ...], out: str 
 
 def _report(summary: dict[str, Any]) -> None:
     click.echo(f"finished at step {summary['step']}: model {summary['bundle']}")
-    figures = {k: summary[k] for k in ("psnr", "codebook_usage", "perplexity") if k in summary}
+    if summary.get("skipped_images"):
+        names = summary["skipped_images"]
+        click.echo(f"skipped {len(names)} unreadable image(s), e.g. {names[0]} (--strict stops at the first)")
+    figures = {k: summary[k] for k in ("psnr", "codebook_usage", "perplexity", "bits_per_token") if k in summary}
     if figures:
         click.echo("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
@@ -329,22 +340,11 @@ def tokenize_command(recipe_path: str, model_path: str, out: str, overrides: tup
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @_recipe_options
 def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
-                         force: bool, device: str | None) -> None:
+                         force: bool, device: str | None, strict: bool) -> None:
     """Train the transformer (stage 2) from a TOML recipe."""
-    from .recipes import load_recipe
     from .train.stage2 import train_stage2
 
-    recipe = load_recipe(recipe_path, overrides)
-    bar = _Bar("stage 2", "step")
-    try:
-        summary = train_stage2(recipe, out or f"runs/{recipe.stem}", resume=resume, force=force,
-                               device=device, progress=bar.steps)
-    finally:
-        bar.close()
-    if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"finished at step {summary['step']}: model {summary['bundle']}")
-        if "bits_per_token" in summary:
-            click.echo(f"held-out: {summary['bits_per_token']:.4f} bits per token")
+    _train(train_stage2, "stage 2", recipe_path, overrides, out, resume, force, device, strict)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -78,19 +78,23 @@ def _read_list(list_file: Path) -> tuple[list[Path], list[str]]:
 
 
 def first_readable(paths: list[Path], i: int, bad: dict[int, str], channels: int, max_pixels: int,
-                   strict: bool) -> tuple[int, np.ndarray]:
+                   strict: bool) -> tuple[int, np.ndarray, str]:
     """Image i, or the next readable one after it (wrapping): unreadable files are skipped, remembered
-    in `bad` and logged, unless `strict`, where the first one raises."""
+    in `bad` and logged, unless `strict`, where the first one raises. Also returns the files newly
+    found unreadable, one per line, which items carry as "skipped" so the training loop can count
+    them across worker processes."""
     n = len(paths)
+    found = []
     for j in (k % n for k in range(i, i + n)):
         if j in bad:
             continue
         try:
-            return j, load_image(paths[j], channels, max_pixels)
+            return j, load_image(paths[j], channels, max_pixels), "\n".join(found)
         except ImageError as e:
             if strict:
                 raise
             bad[j] = str(e)
+            found.append(str(paths[j]))
             log.warning("skipping unreadable image: %s", e)
     raise DataError(f"none of the {n} images could be read (first: {paths[0]}; pass data.strict = true "
                     "to stop at the first one with its reason)")
@@ -174,8 +178,8 @@ class ImageFolder(Dataset):
         return arr  # (size, size, C)
 
     def __getitem__(self, i: int) -> dict[str, object]:
-        j, arr = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
-        return {"image": to_tensor(self._crop(arr)), "name": self.names[j]}
+        j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
+        return {"image": to_tensor(self._crop(arr)), "name": self.names[j], "skipped": skipped}
 
 
 class SyntheticScenes(Dataset):
@@ -242,9 +246,9 @@ class WithCondition(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.dataset[i]
         raw = self.condition.from_item(item, self.options)
-        if self.as_image:
-            return {"image": raw, "name": item["name"]}
-        return {"image": item["image"], "name": item["name"], "cond_raw": raw}
+        out = {"image": raw} if self.as_image else {"image": item["image"], "cond_raw": raw}
+        out.update({k: item[k] for k in ("name", "skipped") if k in item})
+        return out
 
 
 def _crop_box(h: int, w: int, size: int, train: bool) -> torch.Tensor:
@@ -366,7 +370,7 @@ class PairedFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, object]:
-        j, arr = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
+        j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
         crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train)
         image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
         item: dict[str, object] = {
@@ -374,6 +378,7 @@ class PairedFolder(Dataset):
             "name": self.names[j],
             "crop": crop,  # (7,) int64
             "paired": {name: files[j] for name, files in self.paired.items()},
+            "skipped": skipped,
         }
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[j])

@@ -325,10 +325,15 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
         step, batches_done = _restore(job, state, rt, cfg)
     stream = batch_stream(dataset, cfg.batch_size, rt, cfg.seed, recipe.data.num_workers, batches_done)
 
+    skipped: set[str] = set()  # unreadable images met so far (this rank's share under DDP)
+
     def next_batch() -> dict[str, Any]:
         nonlocal batches_done
         batches_done += 1
-        return next(stream)
+        batch = next(stream)
+        for lines in batch.get("skipped", ()):
+            skipped.update(filter(None, lines.split("\n")))
+        return batch
 
     last_saved = step
     window: list[dict[str, float]] = []
@@ -373,7 +378,8 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
                     checkpoint()
                 raise TrainingStopped(f"stopped by {signals.received or 'a signal on another rank'} at "
                                       f"step {step}; checkpoint saved in {run.path}; continue with --resume")
-    summary: dict[str, Any] = {"step": step, "run": str(run.path), "bundle": str(run.bundle)}
+    summary: dict[str, Any] = {"step": step, "run": str(run.path), "bundle": str(run.bundle),
+                               "skipped_images": sorted(skipped)}
     if rt.is_main:
         figures = job.summary()
         if figures:
