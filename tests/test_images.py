@@ -305,3 +305,10 @@ def test_crop_or_pad_to_multiple():
     np.testing.assert_array_equal(pad[:7, 11, 0], arr[:, 9])
     with pytest.raises(ImageError, match="use --pad"):
         crop_or_pad_to_multiple(arr, 16, "crop")
+
+
+def test_save_png_writes_16_bit_maps(tmp_path):
+    depth = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
+    save_png(depth, tmp_path / "d.png")
+    img = Image.open(tmp_path / "d.png")
+    assert img.mode in ("I;16", "I") and np.array_equal(np.asarray(img), depth)

@@ -243,11 +243,15 @@ def _atomic_write(path: PathLike, force: bool, write: Callable[[IO[bytes]], None
 
 
 def save_png(array: np.ndarray, path: PathLike, force: bool = False) -> Path:
-    """Atomically write uint8 (H, W) or (H, W, 1|3|4) as PNG; never overwrites unless `force`."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"save_png expects uint8, got {array.dtype}")
+    """Atomically write uint8 (H, W) or (H, W, 1|3|4), or uint16 (H, W) as a 16-bit PNG (depth maps);
+    never overwrites unless `force`."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
+    if array.dtype == np.uint16 and array.ndim == 2:
+        img16 = Image.fromarray(np.ascontiguousarray(array))
+        return _atomic_write(path, force, lambda f: img16.save(f, format="PNG"))
+    if array.dtype != np.uint8:
+        raise ValueError(f"save_png expects uint8, or uint16 (H, W), got {array.dtype} {array.shape}")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"save_png expects (H, W) or (H, W, 1|3|4), got {array.shape}")
     img = Image.fromarray(np.ascontiguousarray(array))

@@ -315,20 +315,10 @@ def write_scene(scene: Scene, folder: str | Path, force: bool = False) -> list[P
                  "keypoints": np.asarray(scene.pose, dtype=np.float64).round(2).tolist()}
     with all_or_nothing() as written:
         written.append(save_png(np.asarray(scene.image), paths[0], force=force))
-        save_png16(depth16, paths[1], force=force)
-        written.append(paths[1])
+        written.append(save_png(depth16, paths[1], force=force))
         written.append(save_png(np.asarray(scene.segmentation, dtype=np.uint8), paths[2], force=force))
         atomic_write_text(paths[3], json.dumps(keypoints), force=force)
         written.append(paths[3])
         atomic_write_text(paths[4], f"{scene.label} {CLASS_NAMES[scene.label]}\n", force=force)
         written.append(paths[4])
     return paths
-
-
-def save_png16(array: np.ndarray, path: Path, force: bool = False) -> None:
-    from PIL import Image
-
-    from .fileio import atomic_path
-
-    with atomic_path(path, force=force) as tmp:
-        Image.fromarray(array.astype(np.uint16)).save(tmp, format="PNG")
