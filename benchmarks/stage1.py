@@ -5,11 +5,12 @@ attention at 16, z 256, 1024 codes) at `--ch` 64 (and 128 with --ch 128):
 
 - train_step: the GAN-phase step at 128x128, batch 2, full loss (L1 + LPIPS + codebook + PatchGAN with
   the adaptive weight). "reference" rebuilds taming-transformers' computation from its description:
-  channels-first, and a second autoencoder forward for the discriminator step whose loss function
+  channels-first, its nonlinearity x * sigmoid(x) and out-of-place residual sums, the adaptive weight from gradients of nll and g taken at the last layer before the
+  full backward, and a second autoencoder forward for the discriminator step whose loss function
   also evaluates LPIPS it never uses. "ours" times vqtoolkit's real training loop (train_stage1) on
   built-in scenes, so data loading and logging are included.
-- encode / decode: images per second at 256x256, batch 4 (reference: channels-first under no_grad;
-  ours: Stage1Model, channels_last under inference_mode).
+- encode / decode: images per second at 256x256, batch 4 (reference: channels-first, taming's block
+  arithmetic, under no_grad; ours: Stage1Model, channels_last, in-place activations, inference_mode).
 
 LPIPS uses a random VGG (same compute as the real one; its weights are not on this machine).
 Each figure runs in its own process so peak memory (max RSS) is its own.
@@ -43,8 +44,33 @@ def _configs(ch: int):
     return model, quantizer, loss
 
 
+def _as_reference() -> None:
+    """Give this (reference-only) process taming's block arithmetic: nonlinearity x * sigmoid(x) and
+    out-of-place residual sums, where vqtoolkit uses SiLU, in place when no backward needs its input."""
+    from vqtoolkit.models import vqgan
+
+    def forward(self, x):
+        h = self.conv1(vqgan._swish(self.norm1(x)))
+        h = self.conv2(self.dropout(vqgan._swish(self.norm2(h))))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+    vqgan._swish = lambda t: t * torch.sigmoid(t)
+    vqgan.ResnetBlock.forward = forward
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_generator_loss(loss_fn, x, recon, qloss, last_layer):
+    """taming's VQLPIPSWithDiscriminator, optimizer_idx 0: the adaptive weight differentiates nll and
+    g with respect to the last layer, then the caller backpropagates the whole loss again."""
+    nll = (x - recon).abs().mean() + loss_fn.perceptual(x, recon).mean()
+    g_loss = -loss_fn.discriminator(recon).mean()
+    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    d_weight = torch.clamp(nll_grad.norm() / (g_grad.norm() + 1e-4), 0.0, 1e4).detach() * loss_fn.disc_weight
+    return nll + d_weight * loss_fn.disc_factor * g_loss + loss_fn.codebook_weight * qloss.mean()
 
 
 def reference_step(ch: int, steps: int) -> dict:
@@ -52,6 +78,7 @@ def reference_step(ch: int, steps: int) -> dict:
     from vqtoolkit.api import build_vqgan
     from vqtoolkit.losses import VQLoss
 
+    _as_reference()
     model_cfg, q_cfg, loss_cfg = _configs(ch)
     torch.manual_seed(0)
     vqgan = build_vqgan(model_cfg, q_cfg)
@@ -63,7 +90,7 @@ def reference_step(ch: int, steps: int) -> dict:
     for step in range(steps + 1):
         start = time.perf_counter()
         recon, qloss, _, _ = vqgan(x)  # optimizer_idx 0
-        g_loss, _ = loss_fn.generator_loss(x, recon, qloss, vqgan.last_layer, step)
+        g_loss = reference_generator_loss(loss_fn, x, recon, qloss, vqgan.last_layer)
         opt_ae.zero_grad()
         g_loss.backward()
         opt_ae.step()
@@ -110,6 +137,7 @@ def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
         run = (lambda: model.encode(x)) if direction == "encode" else (lambda: model.decode(codes))
         context = torch.inference_mode
     else:
+        _as_reference()
         vq = model.vqgan
         run = (lambda: vq.encode(x)) if direction == "encode" else (lambda: vq.decode_indices(codes))
         context = torch.no_grad

@@ -44,6 +44,24 @@ def test_adaptive_weight_matches_hand_computation():
     assert loss.item() == pytest.approx(nll.item() + weight * 0.5 * g.item() + 2.0 * 0.3, rel=1e-5)
 
 
+def test_routed_gradient_equals_the_full_losss_gradient():
+    """The loss backpropagates through recon once; its gradient must be that of the plain sum."""
+    torch.manual_seed(2)
+    loss_fn, decoder = tiny_loss(disc_weight=0.8, disc_factor=0.5, codebook_weight=2.0), TinyDecoder()
+    decoder.features = torch.nn.Parameter(decoder.features)  # a layer below the last one
+    inputs, code = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor(0.7, requires_grad=True)
+    params = [decoder.features, decoder.conv.weight, decoder.conv.bias, code]
+    loss, logs = loss_fn.generator_loss(inputs, decoder(), code ** 2, decoder.conv.weight, step=0)
+    routed = torch.autograd.grad(loss, params)
+
+    recon = decoder()
+    plain = ((inputs - recon).abs().mean() + logs["d_weight"] * 0.5 * -loss_fn.discriminator(recon).mean()
+             + 2.0 * code ** 2)
+    for got, want in zip(routed, torch.autograd.grad(plain, params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def test_discriminator_gets_no_gradient_from_generator_step():
     loss_fn, decoder = tiny_loss(), TinyDecoder()
     loss, _ = loss_fn.generator_loss(torch.zeros(2, 3, 16, 16), decoder(), torch.tensor(0.0),

@@ -119,13 +119,12 @@ class VQLoss(nn.Module):
         """Whether the GAN terms are on at `step` (batches seen); before, skip the discriminator update."""
         return step >= self.disc_start
 
-    def adaptive_weight(self, nll: Tensor, g_loss: Tensor, last_layer: Tensor) -> Tensor:
+    def adaptive_weight(self, nll_grad: Tensor, g_grad: Tensor) -> Tensor:
         """lambda = |grad_last nll| / (|grad_last g| + 1e-4), clamped to [0, 1e4], detached, x disc_weight.
 
-        Balances the GAN gradient against the reconstruction gradient at the decoder's last layer.
+        Balances the GAN gradient against the reconstruction gradient at the decoder's last layer;
+        takes both gradients with respect to that layer's weight.
         """
-        nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
-        g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         weight = torch.linalg.vector_norm(nll_grad) / (torch.linalg.vector_norm(g_grad) + 1e-4)
         return torch.clamp(weight, 0.0, 1e4).detach() * self.disc_weight
 
@@ -154,9 +153,20 @@ class VQLoss(nn.Module):
                 for p, flag in zip(params, saved):
                     p.requires_grad_(flag)
             if torch.is_grad_enabled() and g_loss.requires_grad and last_layer.requires_grad:
-                d_weight = self.adaptive_weight(nll, g_loss, last_layer)
-            # else: no graph (evaluation): lambda = 0, as the reference.
-            loss = loss + d_weight * disc_factor * g_loss
+                # Backpropagate nll (through LPIPS) and g (through the discriminator) to `recon` once
+                # each; their last-layer gradients then cost one pass through the last layer alone,
+                # and the autoencoder's backward reuses them. The reference differentiates both
+                # losses with respect to the last layer and then backpropagates everything again.
+                nll_out, g_out = (torch.autograd.grad(term, recon, retain_graph=True)[0] for term in (nll, g_loss))
+                nll_last, g_last = (torch.autograd.grad(recon, last_layer, out, retain_graph=True)[0]
+                                    for out in (nll_out, g_out))
+                d_weight = self.adaptive_weight(nll_last, g_last)
+                recon_grad = (nll_out + d_weight * disc_factor * g_out).to(recon.dtype)
+                # value: the full loss; gradient: exactly the full loss's gradient, routed via recon.
+                routed = (recon * recon_grad).sum() + self.codebook_weight * qloss.mean()
+                loss = (loss + d_weight * disc_factor * g_loss).detach() + routed - routed.detach()
+            else:  # no graph (evaluation): lambda = 0, as the reference.
+                loss = loss + d_weight * disc_factor * g_loss
 
         logs = {"total_loss": loss.detach(), "quant_loss": qloss.detach().mean(), "nll_loss": nll.detach(),
                 "rec_loss": pixel.detach(), "p_loss": p_loss.detach(), "d_weight": d_weight.detach(),

@@ -28,6 +28,12 @@ def _conv1(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=1)
 
 
+def _swish(t: Tensor) -> Tensor:
+    """SiLU of a fresh normalisation output, in place when no backward pass needs that input
+    (encoding and decoding): the memory-bound activations are a tenth of CPU inference time."""
+    return F.silu(t, inplace=not t.requires_grad)
+
+
 class ResnetBlock(nn.Module):
     """Pre-activation residual block: norm, swish, conv, norm, swish, dropout, conv (+ 1x1 shortcut)."""
 
@@ -42,11 +48,11 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = _conv1(in_channels, out_channels) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv2(self.dropout(_swish(self.norm2(h))))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x)  # in place into the fresh conv output (its backward does not need it)
 
 
 class AttnBlock(nn.Module):
@@ -162,7 +168,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -204,7 +210,7 @@ class Decoder(nn.Module):
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class VQGAN(nn.Module):
