@@ -1,128 +1,125 @@
-"""Sampling speed: raster with vs without KV cache, sliding window stride 1 (taming) vs strides 2..16.
+"""Sampling speed and memory: raster with vs without KV cache; a 1024x576 sliding-window image by stride.
 
 Prints one JSON object. Model: 8 layers, 512 wide, 8 heads, vocab 1024, block 512, random weights,
-2 CPU threads. The sliding figures are for a 1024x576 image at f16 (grid 36x64, window 16x16,
-256 condition tokens per window, as a depth condition gives). A full stride-1 run takes 7-10
-minutes, so by default only `--tokens` tokens are timed and the total is extrapolated per token.
+2 CPU threads. "Uncached" and "reference" figures run taming's computation: one full forward per
+token, with minGPT's attention (explicit scores and mask) in place of SDPA. Raster figures are the
+median of three 256-token runs. The sliding figures are whole 1024x576 images at f16 (grid 36x64,
+window 16x16, 256 condition tokens per window, as a depth condition gives): the reference (taming's
+sampler, `sample_sliding_reference`) and vqtoolkit's `sample_sliding` at strides 1..16. Every run is timed in full, because the cost per token differs between the first, middle and
+last rows, and between the edges and the middle of a row. The reference takes about 7.5 minutes on a
+2-core CPU; `--quick` times a 384x256 image (grid 16x24, a single window row) instead.
 
-The timed tokens start at row 8, the first row whose window sits in the steady state
-(local row 8 of 16; 21 of the 36 rows look like it, the others are cheaper or dearer about
-symmetrically), because the first rows see far shorter contexts and would flatter every method.
-The rows before it are skipped with a stand-in model that returns uniform logits at no cost.
+Each figure runs in its own process; peak_rss_mb is that process's maximum RSS (model included).
 
-    python benchmarks/sampling.py [--tokens N] [--threads T]
-
-A sample-quality figure needs a trained stage-2 bundle and is left out for now.
+    python benchmarks/sampling.py [--quick] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from vqtoolkit.models.transformer import GPT, KVCache
+from harness import isolated
+from vqtoolkit.models.transformer import GPT
 from vqtoolkit.sampling import sample_raster, sample_sliding, sample_sliding_reference
 
-GRID, WINDOW, PREFIX = (36, 64), (16, 16), 256
-STRIDES = (2, 4, 8, 16)
+WINDOW, PREFIX = (16, 16), 256
+STRIDES = (1, 2, 4, 8, 16)
 
 
-class _Stop(Exception):
-    """Raised from the progress callback once the timed tokens are done."""
+def _as_reference() -> None:
+    """Give this (reference-only) process taming's minGPT attention: explicit scores, a mask buffer,
+    softmax, and the stacked (k, v) `present` it returns for every call; vqtoolkit uses SDPA."""
+    from vqtoolkit.models import transformer
+
+    masks: dict[int, torch.Tensor] = {}
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.shape
+        hs = C // self.n_head
+        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        torch.stack((k, v))  # taming's `present`
+        mask = masks.setdefault(T, torch.tril(torch.ones(T, T)).view(1, 1, T, T))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+        att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+    transformer.CausalSelfAttention.forward = forward
 
 
-class _SkipThenRun(torch.nn.Module):
-    """Wraps the GPT: uniform logits for free until `start` tokens are sampled, then the real model."""
-
-    def __init__(self, gpt: GPT) -> None:
-        super().__init__()
-        self.gpt = gpt
-        self.block_size = gpt.block_size
-        self.skipping = True
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return self.gpt.new_cache(batch_size, max_len)
-
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        if not self.skipping:
-            return self.gpt(idx, cache)
-        if cache is not None:
-            cache.length += idx.shape[1]
-        return torch.zeros(*idx.shape, self.gpt.vocab_size)  # (B, T, V)
+def _gpt() -> GPT:
+    torch.manual_seed(0)  # the same random weights in every process
+    gpt = GPT(vocab_size=1024, block_size=512, n_layer=8, n_head=8, n_embd=512).eval()
+    with torch.inference_mode():
+        gpt(torch.zeros(1, 300, dtype=torch.long))  # warm-up
+    return gpt
 
 
-def time_sliding(run: Callable[..., torch.Tensor], gpt: GPT, start: int, n_tokens: int, **kwargs) -> float:
-    """Seconds per token for tokens start+1 .. start+n_tokens of a sliding-window run."""
-    model = _SkipThenRun(gpt) if start else gpt
-    clock = {"t0": time.perf_counter()}
+def raster(use_cache: bool) -> dict:
+    if not use_cache:
+        _as_reference()
+    gpt = _gpt()
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sample_raster(gpt, torch.zeros(1, 1, dtype=torch.long), 256, generator=torch.Generator().manual_seed(0),
+                      use_cache=use_cache)
+        seconds.append(time.perf_counter() - start)
+    return {"tokens_per_s": round(256 / sorted(seconds)[1], 1)}
 
-    def progress(done: int, total: int) -> None:
-        if done == start:
-            model.skipping = False
-            clock["t0"] = time.perf_counter()
-        if done == start + n_tokens:
-            clock["t1"] = time.perf_counter()
-            raise _Stop
 
-    cond = torch.randint(1024, GRID, generator=torch.Generator().manual_seed(1))  # (H, W) condition codes
+def sliding(grid: tuple[int, int], stride: int | None) -> dict:
+    """One whole image; stride None is the reference sampler."""
+    if stride is None:
+        _as_reference()
+    gpt = _gpt()
+    cond = torch.randint(1024, grid, generator=torch.Generator().manual_seed(1))  # (H, W) condition codes
 
     def prefix_for_window(top: int, left: int) -> torch.Tensor:
         return cond[top : top + WINDOW[0], left : left + WINDOW[1]].reshape(1, PREFIX)  # (1, 256)
 
-    try:
-        run(model, prefix_for_window, GRID, WINDOW, generator=torch.Generator().manual_seed(0), progress=progress,
-            **kwargs)
-    except _Stop:
-        pass
-    return (clock["t1"] - clock["t0"]) / n_tokens
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    if stride is None:
+        sample_sliding_reference(gpt, prefix_for_window, grid, WINDOW, generator=generator)
+    else:
+        sample_sliding(gpt, prefix_for_window, grid, WINDOW, stride=stride, generator=generator)
+    return {"seconds": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128,
-                        help="sliding-window tokens timed per method (default two rows; >= 2304 times full runs)")
+    parser.add_argument("--quick", action="store_true", help="a 384x256 image instead of 1024x576")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)  # the script owns its process: the same random weights on every run
-    gpt = GPT(vocab_size=1024, block_size=512, n_layer=8, n_head=8, n_embd=512).eval()
-    gpt(torch.zeros(1, 300, dtype=torch.long))  # warm-up
 
-    raster = {}
-    for name, use_cache in (("cached", True), ("uncached", False)):
-        t0 = time.perf_counter()
-        sample_raster(gpt, torch.zeros(1, 1, dtype=torch.long), 256, generator=torch.Generator().manual_seed(0),
-                      use_cache=use_cache)
-        raster[f"{name}_tokens_per_s"] = round(256 / (time.perf_counter() - t0), 1)
-    raster["speedup"] = round(raster["cached_tokens_per_s"] / raster["uncached_tokens_per_s"], 2)
+    rasters = {name: isolated(args.threads, raster, use_cache) for name, use_cache in (("cached", True),
+                                                                                      ("uncached", False))}
+    rasters["speedup"] = round(rasters["cached"]["tokens_per_s"] / rasters["uncached"]["tokens_per_s"], 2)
 
-    total = GRID[0] * GRID[1]
-    full = args.tokens >= total
-    start, n = (0, total) if full else (WINDOW[0] // 2 * GRID[1], args.tokens)
-    seconds = {"stride_1_reference": time_sliding(sample_sliding_reference, gpt, start, n) * total}
+    grid = (16, 24) if args.quick else (36, 64)
+    runs = {"reference (stride 1, uncached)": isolated(args.threads, sliding, grid, None)}
     for stride in STRIDES:
-        seconds[f"stride_{stride}"] = time_sliding(sample_sliding, gpt, start, n, stride=stride) * total
-    reference = seconds["stride_1_reference"]
-    sliding = {
-        "image": "1024x576 at f16",
-        "grid": list(GRID),
-        "window": list(WINDOW),
-        "prefix_tokens": PREFIX,
-        "timed_tokens": n,
-        "extrapolated": not full,
-        "method": "full runs" if full else
-        f"tokens {start + 1}..{start + n} (from row {start // GRID[1]}, the steady-state window row) timed, "
-        f"seconds per token x {total} tokens",
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "speedup_vs_reference": {k: round(reference / v, 2) for k, v in seconds.items()},
+        runs[f"stride {stride}"] = isolated(args.threads, sliding, grid, stride)
+    reference = runs["reference (stride 1, uncached)"]["seconds"]
+    for run in runs.values():
+        run["speedup_vs_reference"] = round(reference / run["seconds"], 2)
+    result = {
+        "model": {"n_layer": 8, "n_embd": 512, "n_head": 8, "vocab_size": 1024, "block_size": 512,
+                  "threads": args.threads, "torch": torch.__version__},
+        "raster_256_tokens": rasters,
+        "sliding_window": {"image": "384x256" if args.quick else "1024x576", "factor": 16, "grid": list(grid),
+                           "window": list(WINDOW), "prefix_tokens": PREFIX, "runs": runs},
     }
-    config = {"n_layer": 8, "n_embd": 512, "n_head": 8, "vocab_size": 1024, "block_size": 512,
-              "threads": args.threads, "torch": torch.__version__}
-    print(json.dumps({"model": config, "raster_256_tokens": raster, "sliding_window": sliding}, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ attention at 16, z 256, 1024 codes) at `--ch` 64 (and 128 with --ch 128):
   full backward, and a second autoencoder forward for the discriminator step whose loss function
   also evaluates LPIPS it never uses. "ours" times vqtoolkit's real training loop (train_stage1) on
   built-in scenes, so data loading and logging are included.
-- encode / decode: images per second at 256x256, batch 4 (reference: channels-first, taming's block
-  arithmetic, under no_grad; ours: Stage1Model, channels_last, in-place activations, inference_mode).
+- encode / decode: images per second at 256x256, batch 4, under no_grad (reference: channels-first,
+  taming's block arithmetic; ours: a saved bundle loaded as `vqt encode` loads it, which makes it
+  channels_last, with in-place activations).
 
 LPIPS uses a random VGG (same compute as the real one; its weights are not on this machine).
 Each figure runs in its own process so peak memory (max RSS) is its own.
@@ -23,12 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing as mp
-import resource
 import tempfile
 import time
 
 import torch
+
+from harness import isolated
 
 ARCH = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256, resolution=256)
 
@@ -56,10 +57,6 @@ def _as_reference() -> None:
 
     vqgan._swish = lambda t: t * torch.sigmoid(t)
     vqgan.ResnetBlock.forward = forward
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reference_generator_loss(loss_fn, x, recon, qloss, last_layer):
@@ -102,7 +99,7 @@ def reference_step(ch: int, steps: int) -> dict:
         opt_d.step()
         if step:  # the first step warms up allocators and ActNorm
             times.append(time.perf_counter() - start)
-    return {"seconds_per_step": sum(times) / len(times), "peak_rss_mb": _peak_mb()}
+    return {"seconds_per_step": sum(times) / len(times)}
 
 
 def our_step(ch: int, steps: int) -> dict:
@@ -119,7 +116,7 @@ def our_step(ch: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         train_stage1(recipe, out, progress=lambda step, total, logs: stamps.append(time.perf_counter()))
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"seconds_per_step": sum(gaps) / len(gaps), "peak_rss_mb": _peak_mb()}
+    return {"seconds_per_step": sum(gaps) / len(gaps)}
 
 
 def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
@@ -131,38 +128,22 @@ def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
     model.vqgan.eval()
     x = torch.rand(4, 3, 256, 256) * 2 - 1
     codes = torch.randint(1024, (4, 16, 16))
-    if ours:
-        model.vqgan.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    if ours:  # as `vqt encode` / `vqt decode` load it
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(f"{tmp}/model.safetensors")
+            model = Stage1Model.load(f"{tmp}/model.safetensors")
         run = (lambda: model.encode(x)) if direction == "encode" else (lambda: model.decode(codes))
-        context = torch.inference_mode
     else:
         _as_reference()
         vq = model.vqgan
         run = (lambda: vq.encode(x)) if direction == "encode" else (lambda: vq.decode_indices(codes))
-        context = torch.no_grad
-    with context():
+    with torch.no_grad():
         run()  # warm-up
         start = time.perf_counter()
         for _ in range(repeats):
             run()
         seconds = (time.perf_counter() - start) / repeats
-    return {"images_per_second": 4 / seconds, "peak_rss_mb": _peak_mb()}
-
-
-def _in_child(queue, threads, fn, *args):
-    torch.set_num_threads(threads)
-    queue.put(fn(*args))
-
-
-def isolated(threads: int, fn, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(queue, threads, fn, *args))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return {"images_per_second": 4 / seconds}
 
 
 def main() -> None:

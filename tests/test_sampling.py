@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vqtoolkit.errors import VqtError
+from vqtoolkit import sampling
 from vqtoolkit.models.transformer import GPT
 from vqtoolkit.sampling import (
     sample_logits,
@@ -189,6 +190,25 @@ def test_strided_cached_sampling_follows_the_placement_rule(window, stride):
     assert calls == [(k, 77) for k in range(1, 78)]  # every token exactly once, in raster order
     assert len(windows) == 7 * math.ceil(11 / stride)  # one forward with a fresh prefix per placement
     assert all(0 <= t <= 7 - window[0] and 0 <= l <= 11 - window[1] for t, l in windows)
+
+
+def test_recurring_windows_feed_only_their_new_tokens(monkeypatch):
+    """Grid 3x4, window 2x2, stride 1, 3 prefix tokens. Tops by row: 0, 0, 1; lefts by column: 0, 0, 1, 2.
+    Tokens fed per placement, by hand: row 0: 3, then 1 (window (0, 0) again), 4, 4; row 1 reuses all
+    four windows of top 0: 1, 1, 2, 2; row 2 has a new top: 5, 1, 6, 6. Without reuse every
+    placement feeds its whole context: 3 4 4 4 / 5 6 6 6 / 5 6 6 6."""
+    gpt = tiny_gpt()
+    fed = []
+    forward = gpt.forward
+    gpt.forward = lambda idx, cache=None: fed.append(idx.shape[1]) or forward(idx, cache)
+    reused = sample_sliding(gpt, prefix_for_window, (3, 4), (2, 2), stride=1, top_k=1)
+    assert fed == [3, 1, 4, 4, 1, 1, 2, 2, 5, 1, 6, 6]
+    fed.clear()
+    monkeypatch.setattr(sampling, "_free_bytes", lambda device: 0)  # no room to keep any window
+    recomputed = sample_sliding(gpt, prefix_for_window, (3, 4), (2, 2), stride=1, top_k=1)
+    assert fed == [3, 4, 4, 4, 5, 6, 6, 6, 5, 6, 6, 6]
+    assert torch.equal(reused, recomputed)
+    assert torch.equal(reused, sample_sliding_reference(gpt, prefix_for_window, (3, 4), (2, 2), top_k=1))
 
 
 def test_sliding_on_a_grid_equal_to_the_window_is_raster_sampling():

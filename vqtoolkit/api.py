@@ -51,7 +51,8 @@ class Stage1Model:
         quantizer = section_from_dict(QuantizerConfig, config["quantizer"], where)
         instance = cls.build(model, quantizer, config.get("condition") or None)
         load_state(instance.vqgan, bundle.namespace(prefix), f"{bundle.path} ({prefix}.*)")
-        instance.vqgan.eval()
+        # channels_last: oneDNN's and cuDNN's faster convolution layout (benchmarks/stage1.py).
+        instance.vqgan.eval().to(memory_format=torch.channels_last)
         return instance
 
     @classmethod
@@ -95,7 +96,7 @@ class Stage1Model:
         h, w = images.shape[-2:]
         if h % self.factor or w % self.factor:
             raise ImageError(f"image size {w}x{h} is not a multiple of the model's factor {self.factor}")
-        _, indices, _, _ = self.vqgan.encode(images.to(self.device))
+        _, indices, _, _ = self.vqgan.encode(images.to(self.device).contiguous(memory_format=torch.channels_last))
         return indices
 
     @torch.no_grad()
