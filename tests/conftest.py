@@ -52,3 +52,27 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture
+def fast_compile(monkeypatch):
+    """torch.compile through dynamo and AOT autograd with eager kernels: it checks that a model
+    traces and differentiates under compile without paying for inductor's C++ builds. Yields the
+    list of what was compiled."""
+    real, compiled = torch.compile, []
+
+    def compile_(fn, *args, **kwargs):
+        compiled.append(fn)
+        return real(fn, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    yield compiled
+    torch._dynamo.reset()
+
+
+def logged(run_folder: Path, *keys: str) -> list[tuple]:
+    """(step, *values) of every metrics.jsonl record that has all `keys`."""
+    import json
+
+    records = [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], *(r[k] for k in keys)) for r in records if all(k in r for k in keys)]

@@ -16,7 +16,7 @@ from vqtoolkit.recipes import load_recipe
 from vqtoolkit.train import stage1
 from vqtoolkit.train.loop import TrainingStopped
 
-from .conftest import write
+from .conftest import logged, write
 
 TINY = """
 [data]
@@ -91,6 +91,19 @@ def test_existing_run_needs_resume_or_force(recipe_path, tmp_path):
     assert result.exit_code == 1 and "holds no training state" in result.output
     changed = run_cli("train-stage1", str(recipe_path), "--out", str(out), "--resume", "--set", "model.ch=64")
     assert changed.exit_code == 1 and "recipe's [model] differs" in changed.output
+
+
+def test_compiled_training_matches_eager(recipe_path, tmp_path, fast_compile):
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "eager")).exit_code == 0
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "compiled"),
+                     "--set", "train.compile=true")
+    assert result.exit_code == 0, result.output
+    assert len(fast_compile) == 2  # the encoder, and the decoder up to its last layer
+    eager, compiled = (logged(tmp_path / name, "total_loss", "d_weight") for name in ("eager", "compiled"))
+    assert len(eager) == 4 and eager[-1][2] > 0  # the adaptive weight is in play after disc_start
+    assert sum(compiled, ()) == pytest.approx(sum(eager, ()), rel=1e-4)
+    a, b = load_bundle(tmp_path / "eager" / "last.safetensors"), load_bundle(tmp_path / "compiled" / "last.safetensors")
+    assert a.tensors.keys() == b.tensors.keys()  # compiling in place keeps parameter names
 
 
 def test_resume_is_exact(recipe_path, tmp_path):

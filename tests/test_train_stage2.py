@@ -13,7 +13,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.generator import Stage2Model
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
-from .conftest import write
+from .conftest import logged, write
 
 STAGE2 = """
 [data]
@@ -72,6 +72,16 @@ def test_train_stage2_writes_bundle_and_samples(trained):
     assert "val_bits_per_token" in records[-1]
     model = Stage2Model.load(run / "last.safetensors")
     assert model.window == 4 and model.gpt.block_size == 1 + 16 and model.condition is None
+
+
+def test_compiled_training_matches_eager(first_stage, tmp_path, fast_compile):
+    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    for name, extra in (("eager", []), ("compiled", ["--set", "train.compile=true"])):
+        result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+    assert len(fast_compile) == 1
+    eager, compiled = (logged(tmp_path / name, "loss") for name in ("eager", "compiled"))
+    assert len(eager) == 3 and sum(compiled, ()) == pytest.approx(sum(eager, ()), rel=1e-5)
 
 
 @pytest.mark.parametrize("size, grid", [("16x16", (4, 4)), ("44x24", (6, 11))])

@@ -9,6 +9,7 @@ runs through `F.scaled_dot_product_attention` and every op works on `channels_la
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -204,13 +205,17 @@ class Decoder(nn.Module):
         self.norm_out = _norm(block_in)
         self.conv_out = _conv3(block_in, out_channels)
 
-    def forward(self, z: Tensor) -> Tensor:  # (B, z_channels, h, w) -> (B, out_channels, h*f, w*f)
+    def features(self, z: Tensor) -> Tensor:  # (B, z_channels, h, w) -> (B, ch * ch_mult[0], h*f, w*f)
+        """Everything before the last layer, `conv_out`."""
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+        return _swish(self.norm_out(h))
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, z_channels, h, w) -> (B, out_channels, h*f, w*f)
+        return self.conv_out(self.features(z))
 
 
 class VQGAN(nn.Module):
@@ -244,6 +249,13 @@ class VQGAN(nn.Module):
     def last_layer(self) -> nn.Parameter:
         """The decoder's output conv weight, where the adaptive GAN weight compares gradient norms."""
         return self.decoder.conv_out.weight
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """torch.compile the encoder and the decoder up to its last layer, in place (parameter names
+        unchanged). The quantizer (data-dependent restarts, DDP all-reduces) stays eager, and so does
+        the last layer: the adaptive GAN weight differentiates through it alone."""
+        self.encoder.compile(*args, **kwargs)
+        self.decoder.features = torch.compile(self.decoder.features, *args, **kwargs)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Image (B, C, H, W) -> (quantized (B, D, h, w), indices (B, h, w), codebook loss, stats)."""

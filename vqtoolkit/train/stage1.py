@@ -103,10 +103,10 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     opt_ae = torch.optim.Adam(trainable, lr=lr, betas=(0.5, 0.9))
     opt_disc = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     ema = ModelEMA(vqgan, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if cfg.compile:
+        vqgan.compile()
     ae = DDP(vqgan) if rt.distributed else vqgan
     disc_ddp = DDP(disc) if rt.distributed else disc
-    if cfg.compile:
-        ae = torch.compile(ae)
     disc_synced = False
 
     def step_fn(step: int, next_batch: Any) -> dict[str, float]:
