@@ -32,6 +32,7 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/stage1.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/tokenize_speed.py
 
 clean:
 	rm -rf runs demo .pytest_cache

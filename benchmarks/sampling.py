@@ -5,9 +5,10 @@ Prints one JSON object. Model: 8 layers, 512 wide, 8 heads, vocab 1024, block 51
 token, with minGPT's attention (explicit scores and mask) in place of SDPA. Raster figures are the
 median of three 256-token runs. The sliding figures are whole 1024x576 images at f16 (grid 36x64,
 window 16x16, 256 condition tokens per window, as a depth condition gives): the reference (taming's
-sampler, `sample_sliding_reference`) and vqtoolkit's `sample_sliding` at strides 1..16. Every run is timed in full, because the cost per token differs between the first, middle and
-last rows, and between the edges and the middle of a row. The reference takes about 7.5 minutes on a
-2-core CPU; `--quick` times a 384x256 image (grid 16x24, a single window row) instead.
+sampler, `sample_sliding_reference`) and vqtoolkit's `sample_sliding` at strides 1..16. Every run
+is timed in full, because the cost per token differs between the first, middle and last rows, and
+between the edges and the middle of a row. The reference takes about 9 minutes on a 2-core CPU;
+`--quick` times a 384x256 image (grid 16x24, a single window row) instead.
 
 Each figure runs in its own process; peak_rss_mb is that process's maximum RSS (model included).
 

@@ -5,9 +5,10 @@ attention at 16, z 256, 1024 codes) at `--ch` 64 (and 128 with --ch 128):
 
 - train_step: the GAN-phase step at 128x128, batch 2, full loss (L1 + LPIPS + codebook + PatchGAN with
   the adaptive weight). "reference" rebuilds taming-transformers' computation from its description:
-  channels-first, its nonlinearity x * sigmoid(x) and out-of-place residual sums, the adaptive weight from gradients of nll and g taken at the last layer before the
-  full backward, and a second autoencoder forward for the discriminator step whose loss function
-  also evaluates LPIPS it never uses. "ours" times vqtoolkit's real training loop (train_stage1) on
+  channels-first, its nonlinearity x * sigmoid(x) and out-of-place residual sums, the adaptive
+  weight from gradients of nll and g taken at the last layer before the full backward, and a second
+  autoencoder forward for the discriminator step whose loss function also evaluates LPIPS it never
+  uses. "ours" times vqtoolkit's real training loop (train_stage1) on
   built-in scenes, so data loading and logging are included.
 - encode / decode: images per second at 256x256, batch 4, under no_grad (reference: channels-first,
   taming's block arithmetic; ours: a saved bundle loaded as `vqt encode` loads it, which makes it

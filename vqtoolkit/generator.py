@@ -264,7 +264,7 @@ class Stage2Model:
                batch_size: int = 8, cfg_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw `n` images of size (height, width) pixels; returns images (n, C, H, W) in [-1, 1]
         and their codes (n, h, w). The same seed gives the same images. `window_stride` defaults to
-        half the window (measured in benchmarks/README.md: near stride 1's quality at 3-5x its speed).
+        half the window (benchmarks/README.md: near stride 1's quality, 7.6x the reference's speed).
         `cfg_scale` != 1 applies classifier-free guidance (conditions trained with a null token)."""
         if n < 1:
             raise VqtError(f"--n must be at least 1, got {n}")
