@@ -259,9 +259,17 @@ class WindowCaches:
 
 
 def _free_bytes(device: torch.device) -> int:
-    """Memory free on `device` (CUDA: the allocator's view; CPU: available RAM; else 1 GiB)."""
+    """Memory free for new tensors on `device`: CUDA's free memory; on Linux, MemAvailable (free
+    RAM plus reclaimable page cache); elsewhere, free physical pages, or 1 GiB if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on this platform

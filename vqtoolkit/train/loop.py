@@ -401,12 +401,23 @@ def check_finite(loss: torch.Tensor, rt: Runtime) -> None:
         raise NonFiniteLoss
 
 
+def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Lay restored optimizer state out like its parameter. The state file holds contiguous tensors;
+    fused Adam walks a channels_last parameter and a contiguous moment buffer as flat memory, which
+    would pair the wrong elements without any error."""
+    for param, state in opt.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param).copy_(value)
+
+
 def _restore(job: Job, state: dict[str, Any], rt: Runtime, cfg: TrainConfig) -> tuple[int, int]:
     try:
         for name, module in job.modules.items():
             module.load_state_dict(state["modules"][name])
         for name, opt in job.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+            _match_parameter_layouts(opt)
         for name, sched in (job.schedulers or {}).items():
             sched.load_state_dict(state["schedulers"][name])
         if job.ema is not None and "ema" in state:
