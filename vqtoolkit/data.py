@@ -160,22 +160,12 @@ class ImageFolder(Dataset):
 
     def _crop(self, arr: np.ndarray) -> np.ndarray:
         """Resize the smallest side to `size` (bicubic), then crop (and flip) to size x size."""
-        h, w = arr.shape[:2]
-        s = self.size
-        nh, nw = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
+        h, w, nh, nw, top, left, flip = (int(v) for v in _crop_box(*arr.shape[:2], self.size, self.train))
         if (nh, nw) != (h, w):
             img = Image.fromarray(arr[:, :, 0] if self.channels == 1 else arr)
             arr = convert_channels(np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC)), self.channels)
-        if self.train:
-            top = int(torch.randint(0, nh - s + 1, ()))
-            left = int(torch.randint(0, nw - s + 1, ()))
-            arr = arr[top : top + s, left : left + s]
-            if torch.rand(()) < 0.5:
-                arr = arr[:, ::-1]
-        else:
-            top, left = (nh - s) // 2, (nw - s) // 2
-            arr = arr[top : top + s, left : left + s]
-        return arr  # (size, size, C)
+        arr = arr[top : top + self.size, left : left + self.size]
+        return arr[:, ::-1] if flip else arr  # (size, size, C)
 
     def __getitem__(self, i: int) -> dict[str, object]:
         j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
