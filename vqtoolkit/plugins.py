@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -56,15 +55,13 @@ class PluginManager:
             wanted = {k: v for k, v in kwargs_for(impl.plugin_name).items() if k in impl.argnames}
             try:
                 impl.function(**wanted)
-            except VqtError:
-                if conflicts_fatal:
-                    raise
-                info = self.info(impl.plugin_name)
-                info.error = f"{hook_name} failed: {sys.exc_info()[1]}"
-                log.warning("plugin %s: %s", impl.plugin_name, info.error)
             except Exception as e:  # a broken plugin must not take down the rest
+                if isinstance(e, VqtError) and conflicts_fatal:
+                    raise
+                # a VqtError is already worded for users; any other error needs its type to make sense
+                reason = str(e) if isinstance(e, VqtError) else f"{type(e).__name__}: {e}"
                 info = self.info(impl.plugin_name)
-                info.error = f"{hook_name} failed: {type(e).__name__}: {e}"
+                info.error = f"{hook_name} failed: {reason}"
                 log.warning("plugin %s: %s", impl.plugin_name, info.error)
 
 

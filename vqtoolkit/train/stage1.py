@@ -26,6 +26,7 @@ from ..recipes import Recipe
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
 
+
 def training_dataset(recipe: Recipe, channels: int, augment: bool = True) -> Any:
     """The recipe's training images (random crops and flips when `augment`)."""
     d = recipe.data

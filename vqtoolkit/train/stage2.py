@@ -27,15 +27,21 @@ from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, 
                    scaled_lr, seed_everything, setup_runtime)
 from .stage1 import held_out_dataset, training_dataset
 
+
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
     """Training data (token shards checked against the models, or images with their raw conditions)
     and the held-out images (with conditions) that sample grids and bits per token use."""
     channels = first.model_config.in_channels
-    train = _checked_shards(recipe, first, spec) if recipe.data.tokens else training_dataset(recipe, channels)
+    train: Dataset
+    if recipe.data.tokens:  # shards already hold the condition's tokens
+        train = _checked_shards(recipe, first, spec)
+    else:
+        train = training_dataset(recipe, channels)
+        if spec is not None:
+            train = WithCondition(train, spec.condition, spec.options)
     val = held_out_dataset(recipe, channels)
-    if spec is not None:
-        train = train if recipe.data.tokens else WithCondition(train, spec.condition, spec.options)
-        val = WithCondition(val, spec.condition, spec.options) if val is not None else None
+    if spec is not None and val is not None:
+        val = WithCondition(val, spec.condition, spec.options)
     return train, val
 
 
