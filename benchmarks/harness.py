@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+# The paper's f16 VQGAN (ch_mult 1,1,2,2,4, 2 res blocks, attention at 16, z 256) less its width `ch`.
+F16_ARCH = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256, resolution=256)
+
 
 def peak_rss_mb() -> float:
     """This process's maximum resident set size so far, in MB (Linux reports KiB)."""

@@ -33,15 +33,13 @@ import time
 
 import torch
 
-from harness import isolated
-
-ARCH = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256, resolution=256)
+from harness import F16_ARCH, isolated
 
 
 def _configs(ch: int):
     from vqtoolkit.recipes import LossConfig, ModelConfig, QuantizerConfig
 
-    model = ModelConfig(ch=ch, **ARCH)
+    model = ModelConfig(ch=ch, **F16_ARCH)
     # the reference quantizer: lookup in embed_dim, no restarts
     quantizer = QuantizerConfig(n_codes=1024, embed_dim=256, codebook_dim=0, l2_normalize=False,
                                 restart_dead=False, legacy_beta=True)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from harness import isolated
+from harness import F16_ARCH, isolated
 
-ARCH = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256, resolution=256)
 BATCH = 16
 
 
@@ -36,7 +35,7 @@ def _write_inputs(folder: Path, n: int, ch: int) -> None:
     for i in range(n):
         save_png(render_scene(i, 256).image, folder / "images" / f"{i:05d}.png")
     torch.manual_seed(0)
-    model = Stage1Model.build(ModelConfig(ch=ch, **ARCH), QuantizerConfig(n_codes=1024, embed_dim=256))
+    model = Stage1Model.build(ModelConfig(ch=ch, **F16_ARCH), QuantizerConfig(n_codes=1024, embed_dim=256))
     model.save(folder / "stage1.safetensors")
 
 
