@@ -9,7 +9,8 @@ attention at 16, z 256, 1024 codes) at `--ch` 64 (and 128 with --ch 128):
   weight from gradients of nll and g taken at the last layer before the full backward, and a second
   autoencoder forward for the discriminator step whose loss function also evaluates LPIPS it never
   uses. "ours" times vqtoolkit's real training loop (train_stage1) on
-  built-in scenes, so data loading and logging are included.
+  built-in scenes, so data loading and logging are included. "ours_bf16" is the same loop with
+  train.precision = "bf16" (bf16 autocast), measured where the CPU has native bf16 arithmetic.
 - encode / decode: images per second at 256x256, batch 4, under no_grad (reference: channels-first,
   taming's block arithmetic; ours: a saved bundle loaded as `vqt encode` loads it, which makes it
   channels_last, with in-place activations).
@@ -34,6 +35,7 @@ import time
 import torch
 
 from harness import F16_ARCH, isolated
+from vqtoolkit.train.loop import cpu_has_bf16
 
 
 def _configs(ch: int):
@@ -104,7 +106,7 @@ def reference_step(ch: int, steps: int) -> dict:
     return {"seconds_per_step": statistics.median(times)}
 
 
-def our_step(ch: int, steps: int) -> dict:
+def our_step(ch: int, steps: int, precision: str) -> dict:
     """vqtoolkit's training loop, timed between progress callbacks after a warm-up step."""
     from vqtoolkit.recipes import DataConfig, Recipe, TrainConfig
     from vqtoolkit.train.stage1 import train_stage1
@@ -113,7 +115,8 @@ def our_step(ch: int, steps: int) -> dict:
     recipe = Recipe(data=DataConfig(source="synthetic", size=128, n=64, val_n=0, num_workers=1),
                     model=model_cfg, quantizer=q_cfg, loss=loss_cfg,
                     train=TrainConfig(max_steps=steps + 1, batch_size=2, base_learning_rate=1e-6,
-                                      checkpoint_every=10_000, sample_every=10_000, log_every=10_000))
+                                      precision=precision, checkpoint_every=10_000, sample_every=10_000,
+                                      log_every=10_000))
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as out:
         train_stage1(recipe, out, progress=lambda step, total, logs: stamps.append(time.perf_counter()))
@@ -121,11 +124,13 @@ def our_step(ch: int, steps: int) -> dict:
     return {"seconds_per_step": statistics.median(gaps)}
 
 
-def train_step(ch: int, ours: bool, steps: int) -> dict:
-    return our_step(ch, steps) if ours else reference_step(ch, steps)
+def train_step(ch: int, side: str, steps: int) -> dict:
+    if side == "reference":
+        return reference_step(ch, steps)
+    return our_step(ch, steps, "bf16" if side == "ours_bf16" else "fp32")
 
 
-def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
+def codec(ch: int, side: str, direction: str, repeats: int = 3) -> dict:
     from vqtoolkit.api import Stage1Model
 
     model_cfg, q_cfg, _ = _configs(ch)
@@ -134,7 +139,7 @@ def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
     model.vqgan.eval()
     x = torch.rand(4, 3, 256, 256) * 2 - 1
     codes = torch.randint(1024, (4, 16, 16))
-    if ours:  # as `vqt encode` / `vqt decode` load it
+    if side == "ours":  # as `vqt encode` / `vqt decode` load it
         with tempfile.TemporaryDirectory() as tmp:
             model.save(f"{tmp}/model.safetensors")
             model = Stage1Model.load(f"{tmp}/model.safetensors")
@@ -152,13 +157,13 @@ def codec(ch: int, ours: bool, direction: str, repeats: int = 3) -> dict:
     return {"images_per_second": 4 / seconds}
 
 
-def compare(args: argparse.Namespace, key: str, lower_is_better: bool, fn, *fn_args) -> dict:
-    """Reference and ours in alternating processes, `args.rounds` times each; the best run of each
-    side counts (interference on a shared machine only ever slows a run down)."""
-    runs: dict[str, list[dict]] = {"reference": [], "ours": []}
+def compare(args: argparse.Namespace, sides: list[str], key: str, lower_is_better: bool, fn, *fn_args) -> dict:
+    """The sides in alternating processes, `args.rounds` times each; the best run of each side counts
+    (interference on a shared machine only ever slows a run down)."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.rounds):
         for side in runs:
-            runs[side].append(isolated(args.threads, fn, args.ch, side == "ours", *fn_args))
+            runs[side].append(isolated(args.threads, fn, args.ch, side, *fn_args))
     pick = min if lower_is_better else max
     return {side: pick(found, key=lambda run: run[key]) for side, found in runs.items()}
 
@@ -171,11 +176,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     result: dict = {"ch": args.ch, "threads": args.threads, "rounds": args.rounds, "device": "cpu"}
-    step = compare(args, "seconds_per_step", True, train_step, args.steps)
-    step["time_ratio"] = step["ours"]["seconds_per_step"] / step["reference"]["seconds_per_step"]
+    sides = ["reference", "ours"] + (["ours_bf16"] if cpu_has_bf16() else [])
+    step = compare(args, sides, "seconds_per_step", True, train_step, args.steps)
+    for side in sides[1:]:
+        step[f"time_ratio_{side}"] = step[side]["seconds_per_step"] / step["reference"]["seconds_per_step"]
     result["train_step_128px_batch2"] = step
     for direction in ("encode", "decode"):
-        figure = compare(args, "images_per_second", False, codec, direction)
+        figure = compare(args, ["reference", "ours"], "images_per_second", False, codec, direction)
         figure["speedup"] = figure["ours"]["images_per_second"] / figure["reference"]["images_per_second"]
         result[f"{direction}_256px_batch4"] = figure
     print(json.dumps(result, indent=2))

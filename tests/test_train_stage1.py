@@ -14,7 +14,8 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import VqtError
 from vqtoolkit.recipes import load_recipe
 from vqtoolkit.train import stage1
-from vqtoolkit.train.loop import TrainingStopped
+from vqtoolkit.train import loop
+from vqtoolkit.train.loop import TrainingStopped, cpu_has_bf16
 
 from .conftest import logged, write
 
@@ -104,6 +105,39 @@ def test_compiled_training_matches_eager(recipe_path, tmp_path, fast_compile):
     assert sum(compiled, ()) == pytest.approx(sum(eager, ()), rel=1e-4)
     a, b = load_bundle(tmp_path / "eager" / "last.safetensors"), load_bundle(tmp_path / "compiled" / "last.safetensors")
     assert a.tensors.keys() == b.tensors.keys()  # compiling in place keeps parameter names
+
+
+def test_memory_layout_does_not_change_training(recipe_path, tmp_path):
+    # on CPU, channels_last applies to the discriminator (and LPIPS) only: the VQGAN stays channels-first
+    assert stage1._memory_formats(True, torch.device("cpu")) == (torch.channels_last, torch.contiguous_format)
+    assert stage1._memory_formats(True, torch.device("cuda")) == (torch.channels_last, torch.channels_last)
+    for layout in ("true", "false"):
+        result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / layout),
+                         "--set", f"train.channels_last={layout}")
+        assert result.exit_code == 0, result.output
+    first, second = (logged(tmp_path / layout, "total_loss", "d_weight", "disc_loss") for layout in ("true", "false"))
+    assert sum(first, ()) == pytest.approx(sum(second, ()), rel=1e-4)
+    a, b = (load_bundle(tmp_path / layout / "last.safetensors") for layout in ("true", "false"))
+    for k in a.tensors:  # Adam turns float noise in near-zero gradients into up to one step (lr 4e-4)
+        torch.testing.assert_close(a.tensors[k], b.tensors[k], rtol=1e-4, atol=4e-4)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_autocast_on_cpu(recipe_path, tmp_path):
+    for precision in ("fp32", "bf16"):
+        result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / precision),
+                         "--set", f"train.precision={precision}")
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = (logged(tmp_path / p, "total_loss", "usage") for p in ("fp32", "bf16"))
+    assert sum(bf16, ()) == pytest.approx(sum(fp32, ()), rel=0.05)  # bf16 rounding, same training
+
+
+def test_bf16_on_a_cpu_without_it_is_a_clean_error(recipe_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "run"), "--device", "cpu",
+                     "--set", "train.precision=bf16")
+    assert result.exit_code == 1
+    assert "needs native bf16 arithmetic (AVX512-BF16 or AMX), which this CPU lacks" in result.output
 
 
 def test_resume_is_exact(recipe_path, tmp_path):

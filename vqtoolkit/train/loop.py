@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    amp_dtype: torch.dtype | None = None  # bf16 autocast on CUDA; None: full precision
+    amp_dtype: torch.dtype | None = None  # bf16 autocast; None: full precision
 
     @property
     def is_main(self) -> bool:
@@ -83,12 +84,36 @@ def setup_runtime(cfg: TrainConfig, device: str | None = None) -> Runtime:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
+        keep_freed_memory()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    if cfg.precision == "bf16" and not use_cuda:
-        raise VqtError("train.precision = 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
-    amp = torch.bfloat16 if use_cuda and cfg.precision in ("auto", "bf16") else None
+    if cfg.precision == "bf16" and not use_cuda and not cpu_has_bf16():
+        raise VqtError("train.precision = 'bf16' on CPU needs native bf16 arithmetic (AVX512-BF16 or AMX), "
+                       "which this CPU lacks; use 'auto' or 'fp32'")
+    amp = torch.bfloat16 if cfg.precision == "bf16" or (use_cuda and cfg.precision == "auto") else None
     return Runtime(dev, rank, world, amp)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed heap memory instead of handing it back to the OS.
+
+    Each CPU training step frees and then reallocates the same activation buffers. glibc's defaults
+    trim free memory off the heap, so every step page-faults its activations back in (zeroed by the
+    kernel): 3-5 % of a stage-1 step on 2 cores (benchmarks/README.md). Blocks up to 32 MB stay on the
+    heap, and up to 1 GB of free heap is kept for reuse. A no-op where the C library has no mallopt.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h parameter numbers
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 is emulated, and slower."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def scaled_lr(cfg: TrainConfig, world_size: int) -> float:
