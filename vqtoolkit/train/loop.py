@@ -388,11 +388,11 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
                 window.append(logs)
             if progress is not None and rt.is_main:
                 progress(step, cfg.max_steps, logs)
-            if rt.is_main and window and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                keys = {k for w in window for k in w}
-                record = {k: float(np.mean([w[k] for w in window if k in w])) for k in sorted(keys)}
-                run.log_metrics({"step": step, "lr": job.lr, "time": round(time.perf_counter() - started, 3),
-                                 **record})
+            if window and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                record = _window_means(window, rt)
+                if rt.is_main:
+                    run.log_metrics({"step": step, "lr": job.lr, "time": round(time.perf_counter() - started, 3),
+                                     **record})
                 window.clear()
             if rt.is_main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
                 job.samples(step)
@@ -415,6 +415,17 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
 
 class NonFiniteLoss(Exception):
     """Raised by a stage's step when its loss is NaN or Inf on any rank (before any update)."""
+
+
+def _window_means(window: list[dict[str, float]], rt: Runtime) -> dict[str, float]:
+    """Each logged figure's mean over the window and, under DDP, over the ranks: the global batch's."""
+    keys = sorted({k for w in window for k in w})
+    means = torch.tensor([np.mean([w[k] for w in window if k in w]) for k in keys], dtype=torch.float64)
+    if rt.distributed:  # every rank logs the same steps with the same keys
+        means = means.to(rt.device)
+        dist.all_reduce(means)
+        means = means.cpu() / rt.world_size
+    return dict(zip(keys, means.tolist()))
 
 
 def check_finite(loss: torch.Tensor, rt: Runtime) -> None:
