@@ -106,11 +106,12 @@ def test_resume_on_another_world_size(tmp_path):
 
 
 
-def test_gan_phase_matches_single_process(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gan_phase_matches_single_process(tmp_path, accumulate):
     """With the discriminator on, the adaptive weight comes from the global batch's gradients."""
     recipe = write(tmp_path / "tiny.toml", TINY)
     common = ["model.ch=64", "train.base_learning_rate=1e-6", "loss.disc_start=0", "train.max_steps=3",
-              "train.sample_every=100", "train.channels_last=false"]
+              "train.sample_every=100", "train.channels_last=false", f"train.accumulate={accumulate}"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train_stage1(load_recipe(recipe, common + ["train.batch_size=4"]), single, device="cpu")
     mp.start_processes(_rank_main, args=(2, _free_port(), str(recipe), str(ddp), common + ["train.batch_size=2"]),
@@ -118,7 +119,7 @@ def test_gan_phase_matches_single_process(tmp_path):
     one, two = (logged(run, "d_weight", "disc_loss") for run in (single, ddp))
     assert len(one) == 3 and one[-1][1] > 0
     assert sum(two, ()) == pytest.approx(sum(one, ()), rel=1e-4)
-    lr = 1e-6 * 4
+    lr = 1e-6 * 4 * accumulate
     a, b = (load_train_state(run / "state.safetensors")["modules"] for run in (single, ddp))
     diffs = torch.cat([(b["vqgan"][k].double() - v.double()).abs().flatten()
                        for k, v in a["vqgan"].items() if v.is_floating_point()])

@@ -72,6 +72,29 @@ def test_discriminator_gets_no_gradient_from_generator_step():
     assert all(p.requires_grad for p in loss_fn.discriminator.parameters())
 
 
+def test_shared_fake_logits_give_the_same_losses_and_gradients():
+    torch.manual_seed(3)
+    loss_fn, decoder = tiny_loss(disc_weight=0.8), TinyDecoder()
+    inputs = torch.rand(2, 3, 16, 16) * 2 - 1
+    params = [decoder.conv.weight, *loss_fn.discriminator.parameters()]
+
+    def step(shared: bool) -> tuple:
+        for p in params:
+            p.grad = None
+        recon = decoder()
+        fake = loss_fn.discriminator(recon) if shared else None
+        g, g_logs = loss_fn.generator_loss(inputs, recon, torch.tensor(0.0), decoder.conv.weight, 0, fake)
+        g.backward()
+        d, _ = loss_fn.discriminator_loss(inputs, recon.detach(), 0, fake_logits=fake)
+        d.backward(inputs=list(loss_fn.discriminator.parameters()))
+        return g.item(), g_logs["d_weight"].item(), d.item(), [p.grad.clone() for p in params]
+
+    separate, shared = step(False), step(True)  # ActNorm initialised itself in the first
+    assert shared[:3] == pytest.approx(separate[:3], rel=1e-6)
+    for got, want in zip(shared[3], separate[3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_disc_start_gates_discriminator():
     loss_fn, decoder = tiny_loss(disc_start=5), TinyDecoder()
     calls = []

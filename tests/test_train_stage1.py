@@ -173,8 +173,8 @@ def test_non_finite_loss(recipe_path, tmp_path, monkeypatch, policy):
     recipe = load_recipe(recipe_path, [f"train.on_nan='{policy}'"])
     original = stage1.VQLoss.generator_loss
 
-    def poisoned(self, inputs, recon, qloss, last_layer, step):
-        loss, logs = original(self, inputs, recon, qloss, last_layer, step)
+    def poisoned(self, inputs, recon, qloss, last_layer, step, *args):
+        loss, logs = original(self, inputs, recon, qloss, last_layer, step, *args)
         return (loss * float("nan") if step == 2 else loss), logs
 
     monkeypatch.setattr(stage1.VQLoss, "generator_loss", poisoned)

@@ -3,8 +3,9 @@
 Differences from the reference `VQLPIPSWithDiscriminator`, all deliberate:
 - generator and discriminator losses are two methods that share one autoencoder forward;
 - before `disc_start` the discriminator is not run at all (the reference runs it and multiplies by 0);
-- the discriminator's parameters are frozen while the generator loss is built, so its gradient
-  buffers stay clean even when both losses are backpropagated before either optimizer step.
+- the generator loss never backpropagates into the discriminator, so its gradient buffers stay clean
+  even when both losses are backpropagated before either optimizer step; and one discriminator
+  forward on the reconstruction can serve both losses (the reference runs it twice).
 """
 
 from __future__ import annotations
@@ -130,8 +131,13 @@ class VQLoss(nn.Module):
         return torch.clamp(weight, 0.0, 1e4).detach() * self.disc_weight
 
     def generator_loss(self, inputs: Tensor, recon: Tensor, qloss: Tensor, last_layer: Tensor,
-                       step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Autoencoder loss: nll + lambda disc_factor g + codebook_weight qloss; images (B, C, H, W)."""
+                       step: int, fake_logits: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Autoencoder loss: nll + lambda disc_factor g + codebook_weight qloss; images (B, C, H, W).
+
+        `fake_logits`: the discriminator's logits for `recon`, when the caller computed them to reuse
+        in `discriminator_loss` (the returned loss never backpropagates into the discriminator);
+        without them the discriminator runs here, frozen.
+        """
         pixel = _pixel_loss(self.pixel_loss, inputs.float(), recon.float())
         nll = self.pixel_weight * pixel
         p_loss = torch.zeros((), device=recon.device)
@@ -144,15 +150,9 @@ class VQLoss(nn.Module):
         g_loss, d_weight, disc_factor = zero, zero, 0.0
         if self.discriminator_active(step):
             disc_factor = self.disc_factor
-            params = list(self.discriminator.parameters())
-            saved = [p.requires_grad for p in params]
-            for p in params:
-                p.requires_grad_(False)
-            try:
-                g_loss = -self.discriminator(recon).float().mean()
-            finally:
-                for p, flag in zip(params, saved):
-                    p.requires_grad_(flag)
+            if fake_logits is None:
+                fake_logits = self._frozen_discriminator(recon)
+            g_loss = -fake_logits.float().mean()
             if torch.is_grad_enabled() and g_loss.requires_grad and last_layer.requires_grad:
                 # Backpropagate nll (through LPIPS) and g (through the discriminator) to `recon` once
                 # each; their last-layer gradients then cost one pass through the last layer alone,
@@ -180,19 +180,34 @@ class VQLoss(nn.Module):
                 "disc_factor": torch.tensor(disc_factor), "g_loss": g_loss.detach()}
         return loss, logs
 
+    def _frozen_discriminator(self, recon: Tensor) -> Tensor:
+        """Logits for `recon` with the discriminator's parameters frozen: no gradient reaches them."""
+        params = list(self.discriminator.parameters())
+        saved = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.discriminator(recon)
+        finally:
+            for p, flag in zip(params, saved):
+                p.requires_grad_(flag)
+
     def discriminator_loss(self, inputs: Tensor, recon_detached: Tensor, step: int,
-                           discriminator: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                           discriminator: nn.Module | None = None,
+                           fake_logits: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """disc_factor x hinge/vanilla loss on real vs reconstructed; a constant 0 before disc_start.
 
         `discriminator` replaces `self.discriminator` for this call: the training loop passes its DDP
-        wrapper, so only this step (not the frozen use in the generator step) syncs gradients.
+        wrapper. `fake_logits`, given, are the generator step's logits for the reconstruction (the
+        discriminator has not changed since), so it is not run on it again; their graph also reaches
+        the autoencoder, so backpropagate this loss with `inputs=` the discriminator's parameters.
         """
         zero = torch.zeros((), device=inputs.device)
         if not self.discriminator_active(step):
             return zero, {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
         disc = discriminator if discriminator is not None else self.discriminator
         logits_real = disc(inputs.detach()).float()
-        logits_fake = disc(recon_detached.detach()).float()
+        logits_fake = (disc(recon_detached.detach()) if fake_logits is None else fake_logits).float()
         loss = self.disc_factor * self.d_loss(logits_real, logits_fake)
         return loss, {"disc_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
                       "logits_fake": logits_fake.detach().mean()}

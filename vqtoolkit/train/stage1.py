@@ -99,6 +99,7 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     vqgan = model.vqgan.to(rt.device, memory_format=ae_format)
     loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device, memory_format=loss_format)
     disc = loss_fn.discriminator
+    disc_params = list(disc.parameters())
     lr = scaled_lr(cfg, rt.world_size)
     trainable = [p for p in vqgan.parameters() if p.requires_grad]  # EMA codebooks are not optimised
     # fused: one kernel for all parameters (CPU and GPU); the default loops over ~350 tensors.
@@ -124,21 +125,21 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
             image = next_batch()["image"].to(rt.device, non_blocking=True)
             x = image.contiguous(memory_format=loss_format)
             defer_sync = rt.distributed and micro < cfg.accumulate - 1  # accumulate locally first
-            with no_sync(ae, defer_sync):
+            with no_sync(ae, defer_sync), no_sync(disc_ddp, defer_sync):
                 with rt.autocast():
                     recon, qloss, _, qstats = ae(image.contiguous(memory_format=ae_format))
                     recon = recon.contiguous(memory_format=loss_format)  # as LPIPS and the discriminator run
-                    g_loss, g_logs = loss_fn.generator_loss(x, recon, qloss, vqgan.last_layer, step)
+                    # one discriminator forward on the reconstruction serves both steps
+                    fake = disc_ddp(recon) if disc_on else None
+                    g_loss, g_logs = loss_fn.generator_loss(x, recon, qloss, vqgan.last_layer, step, fake)
                 check_finite(g_loss, rt)
                 (g_loss / cfg.accumulate).backward()
-            if disc_on:
-                with no_sync(disc_ddp, defer_sync):
+                if disc_on:
                     with rt.autocast():
-                        d_loss, d_logs = loss_fn.discriminator_loss(x, recon.detach(), step,
-                                                                    discriminator=disc_ddp)
+                        d_loss, d_logs = loss_fn.discriminator_loss(x, recon.detach(), step, disc_ddp, fake)
                     check_finite(d_loss, rt)
-                    (d_loss / cfg.accumulate).backward()
-                g_logs = {**g_logs, **d_logs}
+                    (d_loss / cfg.accumulate).backward(inputs=disc_params)
+                    g_logs = {**g_logs, **d_logs}
             for k, v in {**g_logs, **qstats}.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
         if disc_on and not disc_synced:  # ActNorm initialised itself from each rank's own batch
