@@ -106,12 +106,12 @@ def test_resume_on_another_world_size(tmp_path):
 
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_gan_phase_matches_single_process(tmp_path, accumulate):
+@pytest.mark.parametrize("accumulate, channels_last", [(1, "false"), (2, "false"), (1, "true")])
+def test_gan_phase_matches_single_process(tmp_path, accumulate, channels_last):
     """With the discriminator on, the adaptive weight comes from the global batch's gradients."""
     recipe = write(tmp_path / "tiny.toml", TINY)
     common = ["model.ch=64", "train.base_learning_rate=1e-6", "loss.disc_start=0", "train.max_steps=3",
-              "train.sample_every=100", "train.channels_last=false", f"train.accumulate={accumulate}"]
+              "train.sample_every=100", f"train.channels_last={channels_last}", f"train.accumulate={accumulate}"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train_stage1(load_recipe(recipe, common + ["train.batch_size=4"]), single, device="cpu")
     mp.start_processes(_rank_main, args=(2, _free_port(), str(recipe), str(ddp), common + ["train.batch_size=2"]),
@@ -125,4 +125,4 @@ def test_gan_phase_matches_single_process(tmp_path, accumulate):
                        for k, v in a["vqgan"].items() if v.is_floating_point()])
     assert diffs.max() <= 3 * lr and diffs.mean() < 1e-3 * lr
     for k, v in a["discriminator"].items():  # ActNorm scales of ~200 from the (all-reduced) first batch
-        torch.testing.assert_close(b["discriminator"][k], v, rtol=1e-5, atol=3 * lr)
+        torch.testing.assert_close(b["discriminator"][k], v, rtol=1e-4, atol=3 * lr)

@@ -136,7 +136,9 @@ class VQLoss(nn.Module):
 
         `fake_logits`: the discriminator's logits for `recon`, when the caller computed them to reuse
         in `discriminator_loss` (the returned loss never backpropagates into the discriminator);
-        without them the discriminator runs here, frozen.
+        without them the discriminator runs here, frozen. Under torch.distributed, once the
+        discriminator is on and gradients are enabled, this is a collective (the adaptive weight's
+        gradients are all-reduced): every rank must call it, in step.
         """
         pixel = _pixel_loss(self.pixel_loss, inputs.float(), recon.float())
         nll = self.pixel_weight * pixel
@@ -173,7 +175,7 @@ class VQLoss(nn.Module):
                 routed = (recon * recon_grad).sum() + self.codebook_weight * qloss.mean()
                 loss = (loss + d_weight * disc_factor * g_loss).detach() + routed - routed.detach()
             else:  # no graph (evaluation): lambda = 0, as the reference.
-                loss = loss + d_weight * disc_factor * g_loss
+                loss = loss + d_weight * disc_factor * g_loss.detach()
 
         logs = {"total_loss": loss.detach(), "quant_loss": qloss.detach().mean(), "nll_loss": nll.detach(),
                 "rec_loss": pixel.detach(), "p_loss": p_loss.detach(), "d_weight": d_weight.detach(),

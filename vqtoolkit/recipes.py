@@ -171,7 +171,7 @@ class TrainConfig:
     sample_every: int = 1000  # reconstruction / sample grids
     log_every: int = 50
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; bf16: also on CPUs with it
     channels_last: bool = True
     compile: bool = False
     ema_decay: float = 0.0  # EMA of model weights for sampling/eval (0: off)

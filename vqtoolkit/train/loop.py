@@ -14,8 +14,10 @@ import ctypes
 import json
 import logging
 import os
+import platform
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -94,25 +96,30 @@ def setup_runtime(cfg: TrainConfig, device: str | None = None) -> Runtime:
     return Runtime(dev, rank, world, amp)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h parameter numbers
+
+
 def keep_freed_memory() -> None:
-    """Let glibc keep freed heap memory instead of handing it back to the OS.
+    """On Linux, let glibc keep freed heap memory for reuse instead of handing it back to the OS.
 
     Each CPU training step frees and then reallocates the same activation buffers. glibc's defaults
     trim free memory off the heap, so every step page-faults its activations back in (zeroed by the
     kernel): 3-5 % of a stage-1 step on 2 cores (benchmarks/README.md). Blocks up to 32 MB stay on the
-    heap, and up to 1 GB of free heap is kept for reuse. A no-op where the C library has no mallopt.
+    heap, and each process keeps up to 1 GB of free heap. Process-wide; elsewhere a no-op.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if not sys.platform.startswith("linux"):
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # absent from some C libraries
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h parameter numbers
-
-
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 is emulated, and slower."""
+    """Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX); elsewhere bf16 is emulated, and
+    slower than fp32."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -324,7 +331,8 @@ class Job:
     """What a stage gives the shared loop.
 
     step(step, next_batch) runs one optimizer step (all accumulation micro-batches, via next_batch())
-    and returns its logs; it raises NonFiniteLoss (via check_finite) before updating anything.
+    and returns its logs, the same keys on every rank (they are averaged across ranks when written);
+    it raises NonFiniteLoss (via check_finite) before updating anything.
     modules/optimizers/schedulers are saved in the training state by name; export(path) writes the
     model bundle; samples(step) writes the grids people look at; summary() the final held-out figures.
     """

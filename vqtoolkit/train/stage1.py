@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..api import Stage1Model, evaluate
@@ -67,13 +66,6 @@ def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
     return train, val, (condition, options)
 
 
-def broadcast_parameters(module: torch.nn.Module, rt: Runtime) -> None:
-    """Make every rank hold rank 0's tensors (after data-dependent init such as ActNorm's)."""
-    if rt.distributed:
-        for t in module.state_dict().values():
-            dist.broadcast(t, src=0)
-
-
 def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train a VQGAN as the recipe says; returns a summary (final step, held-out PSNR, usage)."""
@@ -110,10 +102,8 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
         vqgan.compile()
     ae = DDP(vqgan) if rt.distributed else vqgan
     disc_ddp = DDP(disc) if rt.distributed else disc
-    disc_synced = False
 
     def step_fn(step: int, next_batch: Any) -> dict[str, float]:
-        nonlocal disc_synced
         opt_ae.zero_grad(set_to_none=True)
         opt_disc.zero_grad(set_to_none=True)
         vqgan.quantize.set_step(step)
@@ -142,9 +132,6 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                     g_logs = {**g_logs, **d_logs}
             for k, v in {**g_logs, **qstats}.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
-        if disc_on and not disc_synced:  # ActNorm initialised itself from each rank's own batch
-            broadcast_parameters(disc, rt)
-            disc_synced = True
         _step(opt_ae, vqgan, cfg.grad_clip)
         if disc_on:
             _step(opt_disc, disc, cfg.grad_clip)
@@ -174,8 +161,6 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
 
     job = Job(modules={"vqgan": vqgan, "discriminator": disc}, optimizers={"ae": opt_ae, "disc": opt_disc},
               step=step_fn, export=export, samples=samples, summary=summary, ema=ema, ema_of=vqgan, lr=lr)
-    if state is not None:
-        disc_synced = int(state["step"]) > recipe.loss.disc_start
     return fit(job, recipe, rt, run, state, train_set, progress)
 
 
