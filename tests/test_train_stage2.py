@@ -84,6 +84,19 @@ def test_compiled_training_matches_eager(first_stage, tmp_path, fast_compile):
     assert len(eager) == 3 and sum(compiled, ()) == pytest.approx(sum(eager, ()), rel=1e-5)
 
 
+def test_bf16_autocast_on_cpu(first_stage, tmp_path, monkeypatch):
+    from vqtoolkit.train import loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
+    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    for precision in ("fp32", "bf16"):
+        result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / precision),
+                                          "--set", f"train.precision={precision}"])
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = (logged(tmp_path / p, "loss") for p in ("fp32", "bf16"))
+    assert sum(bf16, ()) == pytest.approx(sum(fp32, ()), rel=0.02)  # bf16 rounding, same training
+
+
 @pytest.mark.parametrize("size, grid", [("16x16", (4, 4)), ("44x24", (6, 11))])
 def test_sample_any_size(trained, tmp_path, size, grid):
     out = tmp_path / "samples"
