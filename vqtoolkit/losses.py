@@ -15,10 +15,10 @@ import os
 import warnings
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import mean_over_ranks
 from .errors import VqtError
 from .models.discriminator import NLayerDiscriminator
 
@@ -163,12 +163,9 @@ class VQLoss(nn.Module):
                 nll_out, g_out = (torch.autograd.grad(term, recon, retain_graph=True)[0] for term in (nll, g_loss))
                 nll_last, g_last = (torch.autograd.grad(recon, last_layer, out, retain_graph=True)[0]
                                     for out in (nll_out, g_out))
-                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                    # lambda from the global batch's gradients, as one process would compute it
-                    # (the reference takes each rank's own, so its training depends on the world size)
-                    both = torch.stack([nll_last, g_last])
-                    dist.all_reduce(both)
-                    nll_last, g_last = both / dist.get_world_size()
+                # lambda from the global batch's gradients, as one process would compute it (the
+                # reference takes each rank's own, so its training depends on the world size)
+                nll_last, g_last = mean_over_ranks(torch.stack([nll_last, g_last]))
                 d_weight = self.adaptive_weight(nll_last, g_last)
                 recon_grad = (nll_out + d_weight * disc_factor * g_out).to(recon.dtype)
                 # value: the full loss; gradient: exactly the full loss's gradient, routed via recon.

@@ -7,9 +7,9 @@ towards locally realistic texture rather than a single global verdict.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..distributed import sum_over_ranks
 from ..errors import VqtError
 
 
@@ -33,9 +33,8 @@ class ActNorm(nn.Module):
         flat = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)  # (C, N)
         moments = torch.stack([flat.sum(1), flat.pow(2).sum(1)])  # (2, C)
         count = torch.tensor(float(flat.shape[1]), device=x.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(moments)
-            dist.all_reduce(count)
+        sum_over_ranks(moments)
+        sum_over_ranks(count)
         mean = moments[0] / count
         var = (moments[1] - count * mean**2) / (count - 1)  # unbiased, as torch.std
         self.loc.copy_(-mean.view(1, -1, 1, 1))

@@ -25,19 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import in_process_group, sum_over_ranks
 from ..errors import VqtError
 from ..metrics import perplexity
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    """Sum over ranks (in place); identity outside torch.distributed."""
-    if _distributed():
-        dist.all_reduce(t)
-    return t
 
 
 def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:
@@ -157,7 +147,7 @@ class VectorQuantizer(nn.Module):
 
         counts = torch.bincount(indices.flatten(), minlength=self.n_codes)  # (K,)
         if self.training:
-            counts = _all_reduce(counts)
+            counts = sum_over_ranks(counts)
             self.usage_tracker.update(counts)
             if self.ema:
                 self._ema_update(flat.detach(), indices.flatten(), counts)
@@ -168,7 +158,7 @@ class VectorQuantizer(nn.Module):
     def _ema_update(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         """count_k <- decay count_k + (1-decay) n_k; sum_k likewise; code_k = sum_k / smoothed count_k."""
         sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat)  # (K, d)
-        sums = _all_reduce(sums)
+        sums = sum_over_ranks(sums)
         decay, eps = self.ema_decay, 1e-5
         self.ema_count.mul_(decay).add_(counts.to(self.ema_count), alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
@@ -190,7 +180,7 @@ class VectorQuantizer(nn.Module):
         pick = torch.randperm(n, device=flat.device)[:n_dead] if n >= n_dead else \
             torch.randint(0, n, (n_dead,), device=flat.device)
         new = flat[pick].contiguous()  # (n_dead, d)
-        if _distributed():
+        if in_process_group():
             dist.broadcast(new, src=0)
         self.embedding.weight[dead] = new.to(self.embedding.weight.dtype)
         if self.ema:
@@ -262,7 +252,7 @@ class GumbelQuantizer(nn.Module):
 
         counts = torch.bincount(indices.flatten(), minlength=self.n_codes)
         if self.training:
-            counts = _all_reduce(counts)
+            counts = sum_over_ranks(counts)
             self.usage_tracker.update(counts)
         stats = {"usage": self.usage_tracker.usage(), "perplexity": perplexity(counts),
                  "temperature": torch.tensor(self.temperature)}

@@ -96,7 +96,7 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     trainable = [p for p in vqgan.parameters() if p.requires_grad]  # EMA codebooks are not optimised
     # fused: one kernel for all parameters (CPU and GPU); the default loops over ~350 tensors.
     opt_ae = torch.optim.Adam(trainable, lr=lr, betas=(0.5, 0.9), fused=True)
-    opt_disc = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9), fused=True)
+    opt_disc = torch.optim.Adam(disc_params, lr=lr, betas=(0.5, 0.9), fused=True)
     ema = ModelEMA(vqgan, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if cfg.compile:
         vqgan.compile()
