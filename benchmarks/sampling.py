@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import isolated
-from vqtoolkit.models.transformer import GPT
+from vqtoolkit.models.transformer import GPT, GPTConfig
 from vqtoolkit.sampling import sample_raster, sample_sliding, sample_sliding_reference
 
 WINDOW, PREFIX = (16, 16), 256
@@ -59,7 +59,7 @@ def _as_reference() -> None:
 
 def _gpt() -> GPT:
     torch.manual_seed(0)  # the same random weights in every process
-    gpt = GPT(vocab_size=1024, block_size=512, n_layer=8, n_head=8, n_embd=512).eval()
+    gpt = GPT(GPTConfig(vocab_size=1024, block_size=512, n_layer=8, n_head=8, n_embd=512)).eval()
     with torch.inference_mode():
         gpt(torch.zeros(1, 300, dtype=torch.long))  # warm-up
     return gpt

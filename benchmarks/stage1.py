@@ -26,7 +26,6 @@ interference only slows runs down. A training run's time per step is the median 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -83,7 +82,7 @@ def reference_step(ch: int, steps: int) -> dict:
     model_cfg, q_cfg, loss_cfg = _configs(ch)
     torch.manual_seed(0)
     vqgan = build_vqgan(model_cfg, q_cfg)
-    loss_fn = VQLoss(**dataclasses.asdict(loss_cfg))
+    loss_fn = VQLoss(loss_cfg)
     opt_ae = torch.optim.Adam(vqgan.parameters(), lr=1e-5, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-5, betas=(0.5, 0.9))
     x = torch.rand(2, 3, 128, 128) * 2 - 1

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vqtoolkit.api import Stage2Model
-from vqtoolkit.cli import parse_size
+from vqtoolkit.cli.options import parse_size
 from vqtoolkit.sampling import _context, window_start
 
 
@@ -42,7 +42,7 @@ def reference_bits(model: Stage2Model, codes: torch.Tensor) -> float:
 
 def real_codes(model: Stage2Model, size: tuple[int, int], n: int) -> torch.Tensor:
     from vqtoolkit.images import to_tensor
-    from vqtoolkit.synthetic import render_scene
+    from vqtoolkit_plugins.synthetic.render import render_scene
 
     images = torch.stack([to_tensor(render_scene(90_000 + k, size).image) for k in range(n)])
     return model.first_stage.encode(images)

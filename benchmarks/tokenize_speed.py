@@ -29,7 +29,7 @@ def _write_inputs(folder: Path, n: int, ch: int) -> None:
     from vqtoolkit.api import Stage1Model
     from vqtoolkit.images import save_png
     from vqtoolkit.recipes import ModelConfig, QuantizerConfig
-    from vqtoolkit.synthetic import render_scene
+    from vqtoolkit_plugins.synthetic.render import render_scene
 
     (folder / "images").mkdir()
     for i in range(n):
@@ -41,7 +41,7 @@ def _write_inputs(folder: Path, n: int, ch: int) -> None:
 
 def tokenize_run(folder: str, workers: int) -> dict:
     from vqtoolkit.recipes import DataConfig, Recipe
-    from vqtoolkit.tokens import tokenize_recipe
+    from vqtoolkit.train.tokenize import tokenize_recipe
 
     recipe = Recipe(data=DataConfig(source="folder", root=f"{folder}/images", size=256, num_workers=workers))
     out = Path(folder) / f"tokens-{workers}"
@@ -54,10 +54,10 @@ def tokenize_run(folder: str, workers: int) -> dict:
 
 def encode_only(folder: str) -> dict:
     from vqtoolkit.api import Stage1Model
-    from vqtoolkit.data import build_dataset
+    from vqtoolkit.data import ImageFolder
 
     model = Stage1Model.load(f"{folder}/stage1.safetensors")
-    dataset = build_dataset("folder", f"{folder}/images", 256, train=False)
+    dataset = ImageFolder(f"{folder}/images", 256, train=False)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])  # (N, 3, 256, 256)
     start = time.perf_counter()
     for i in range(0, len(images), BATCH):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqtoolkit.data import crop_like
+from vqtoolkit.data import paired_array
 from vqtoolkit.errors import DataError, ImageError, VqtError
 
 
@@ -23,12 +23,9 @@ def check_size(hw: tuple[int, ...], size: tuple[int, int], path: str, what: str)
 
 
 def paired(item: dict[str, Any], name: str, load: Callable[[str], np.ndarray], mode: str) -> np.ndarray | None:
-    """This modality's file of a paired-folder item (vqtoolkit.data.PairedFolder), loaded and cut like
-    its image; None when the item has no `name` file."""
-    path = item.get("paired", {}).get(name)
-    if path is None:
-        return None
-    return crop_like(load(path), item["crop"], mode=mode, what=f"{name} file {path}")
+    """This modality of an item, aligned with its image: the synthetic scenes' array, or a paired
+    folder's file loaded and cut like the image; None when the item has none."""
+    return paired_array(item, name, load, mode=mode)
 
 
 def missing(item: dict[str, Any], name: str, key: str) -> DataError:

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from vqtoolkit.conditions import Condition
 from vqtoolkit.errors import DataError, RecipeError, VqtError
 from vqtoolkit.hookspecs import hookimpl
-from vqtoolkit.synthetic import N_CLASSES
+from vqtoolkit_plugins.synthetic.render import N_CLASSES
 
 
 @dataclass(frozen=True)

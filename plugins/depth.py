@@ -37,8 +37,6 @@ class DepthCondition(Condition):
         return 1
 
     def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
-        if "depth" in item:
-            return normalise(item["depth"])
         depth = paired(item, self.name, load_array, mode="bilinear")
         if depth is None:
             raise missing(item, self.name, "depth")

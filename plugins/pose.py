@@ -28,7 +28,7 @@ from vqtoolkit.data import crop_like
 from vqtoolkit.errors import ImageError
 from vqtoolkit.hookspecs import hookimpl
 from vqtoolkit.images import load_image, to_tensor, to_uint8
-from vqtoolkit.synthetic import COCO_SKELETON, flip_pose
+from vqtoolkit_plugins.synthetic.render import COCO_SKELETON, flip_pose
 
 from ._common import check_channels, check_size, hue_colours, missing
 
@@ -137,12 +137,12 @@ class PoseCondition(Condition):
 
     def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
         height, width = item["image"].shape[-2:]
-        if "pose" in item:
-            return render_limbs([item["pose"].numpy()], height, width)
-        path = item.get("paired", {}).get(self.name)
-        if path is None:
+        value = item.get("paired", {}).get(self.name)
+        if value is None:
             raise missing(item, self.name, "pose")
-        return _paired_pose(item, path)
+        if isinstance(value, np.ndarray):  # keypoints (17, 3) already in the image's pixels (synthetic scenes)
+            return render_limbs([value], height, width)
+        return _paired_pose(item, value)
 
     def read(self, spec: str, size: tuple[int, int], options: Any) -> torch.Tensor:
         """A keypoint .json (see the module docstring), or a limb-map image of exactly the sample size."""

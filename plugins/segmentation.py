@@ -17,7 +17,7 @@ from vqtoolkit.conditions import Condition
 from vqtoolkit.errors import RecipeError, VqtError
 from vqtoolkit.hookspecs import hookimpl
 from vqtoolkit.images import load_label_map
-from vqtoolkit.synthetic import N_LABELS
+from vqtoolkit_plugins.synthetic.render import N_LABELS
 
 from ._common import check_channels, check_size, missing, paired, palette
 
@@ -50,12 +50,12 @@ class SegmentationCondition(Condition):
         return options.n_labels
 
     def from_item(self, item: dict[str, Any], options: SegmentationOptions) -> torch.Tensor:
-        if "segmentation" in item:
-            return one_hot(item["segmentation"], options.n_labels, f"segmentation of item {item.get('name')!r}")
         labels = paired(item, self.name, load_label_map, mode="nearest")
         if labels is None:
             raise missing(item, self.name, "segmentation")
-        return one_hot(torch.from_numpy(labels), options.n_labels, f"label map {item['paired'][self.name]}")
+        source = item["paired"][self.name]
+        what = f"label map {source}" if isinstance(source, str) else f"segmentation of item {item.get('name')!r}"
+        return one_hot(torch.from_numpy(labels), options.n_labels, what)
 
     def read(self, spec: str, size: tuple[int, int], options: SegmentationOptions) -> torch.Tensor:
         """A label map: 8/16-bit greyscale or palette PNG (pixel values are labels), or an integer .npy."""

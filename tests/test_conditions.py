@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from vqtoolkit.api import Stage1Model
-from vqtoolkit.conditions import get_condition
+from vqtoolkit.plugins import get_condition
 from vqtoolkit.data import PairedFolder, SyntheticScenes, WithCondition, build_dataset, crop_like
 from vqtoolkit.errors import DataError, ImageError, RecipeError, VqtError
-from vqtoolkit.generator import ConditionSpec
+from vqtoolkit.stage2 import ConditionSpec
 from vqtoolkit.recipes import DataConfig, Recipe, load_recipe, recipe_from_dict
 from vqtoolkit.synthetic import COCO_SKELETON, N_CLASSES, N_LABELS, flip_pose, render_scene
 from vqtoolkit.train.stage2 import build_gpt

@@ -27,7 +27,7 @@ from vqtoolkit.api import Stage1Model
 from vqtoolkit.checkpoint import load_bundle, load_state
 from vqtoolkit.convert import Placeholder, convert_checkpoint, load_checkpoint
 from vqtoolkit.errors import CheckpointError, RecipeError, VqtError
-from vqtoolkit.models.transformer import GPT
+from vqtoolkit.models.transformer import GPT, GPTConfig
 
 # ---- the reference layout, by hand --------------------------------------------------------------
 
@@ -303,7 +303,7 @@ def gpt_one_layer(sd: dict, idx: Tensor, n_head: int) -> Tensor:
 
 def load_gpt(bundle) -> GPT:
     cfg = bundle.config["transformer"]
-    gpt = GPT(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+    gpt = GPT(GPTConfig(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}))
     load_state(gpt, bundle.namespace("transformer"), "test")
     return gpt.eval()
 

@@ -6,10 +6,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vqtoolkit.data import ImageFolder, SyntheticScenes, build_dataset
-from vqtoolkit.errors import DataError, ImageError
+from vqtoolkit.data import ImageFolder
+from vqtoolkit.errors import DataError, ImageError, PluginError
+from vqtoolkit.plugins import get_data_source
+from vqtoolkit.recipes import DataConfig
 from vqtoolkit.images import to_tensor
-from vqtoolkit.synthetic import PERSON, flip_pose, render_scene
+from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
+from vqtoolkit_plugins.synthetic.render import PERSON, flip_pose, render_scene
 
 
 def _img(path, mode="RGB", size=(40, 30), colour=(200, 10, 10)):
@@ -139,11 +142,13 @@ def test_synthetic_items_and_determinism():
     scene = render_scene(3 * 1_000_003 + 2, 24)
     assert item["name"] == "synthetic/000002"
     assert torch.equal(item["image"], to_tensor(scene.image))
-    assert torch.equal(item["depth"], torch.from_numpy(np.array(scene.depth)))
-    assert item["segmentation"].dtype == torch.int64 and item["label"].item() == scene.label
-    assert torch.equal(item["pose"], torch.from_numpy(np.array(scene.pose)))
+    paired = item["paired"]
+    np.testing.assert_array_equal(paired["depth"], scene.depth)
+    assert paired["segmentation"].dtype == np.int64 and item["label"].item() == scene.label
+    np.testing.assert_array_equal(paired["pose"], scene.pose)
     again = SyntheticScenes(5, 24, seed=3, train=False)[2]
-    assert all(torch.equal(item[k], again[k]) for k in ("image", "depth", "segmentation", "pose"))
+    assert torch.equal(item["image"], again["image"])
+    assert all(np.array_equal(paired[k], again["paired"][k]) for k in ("depth", "segmentation", "pose"))
     assert SyntheticScenes(2, 16, channels=1)[0]["image"].shape == (1, 16, 16)
     with pytest.raises(IndexError):
         ds[5]
@@ -168,26 +173,29 @@ def test_synthetic_flip_is_consistent_across_modalities():
     k = next(k for k in range(16) if _flipped(ds, k))
     item, scene = ds[k], render_scene(k, 32)
     assert torch.equal(item["image"], to_tensor(np.ascontiguousarray(scene.image[:, ::-1])))
-    assert torch.equal(item["depth"], torch.from_numpy(scene.depth[:, ::-1].copy()))
-    assert torch.equal(item["segmentation"], torch.from_numpy(scene.segmentation[:, ::-1].copy()))
-    assert torch.equal(item["pose"], torch.from_numpy(flip_pose(scene.pose, 32)))
-    for x, y, v in item["pose"].tolist():
+    paired = item["paired"]
+    np.testing.assert_array_equal(paired["depth"], scene.depth[:, ::-1])
+    np.testing.assert_array_equal(paired["segmentation"], scene.segmentation[:, ::-1])
+    np.testing.assert_array_equal(paired["pose"], flip_pose(scene.pose, 32))
+    for x, y, v in paired["pose"].tolist():
         if v == 2:  # a visible keypoint still lands on the person after the flip
-            assert item["segmentation"][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))] == PERSON
+            assert paired["segmentation"][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))] == PERSON
 
 
 def test_synthetic_batches_collate():
     batch = next(iter(DataLoader(SyntheticScenes(4, 16), batch_size=4)))
-    assert batch["image"].shape == (4, 3, 16, 16) and batch["depth"].shape == (4, 16, 16)
-    assert batch["pose"].shape == (4, 17, 3) and batch["label"].shape == (4,)
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["paired"]["depth"].shape == (4, 16, 16)
+    assert batch["paired"]["pose"].shape == (4, 17, 3) and batch["label"].shape == (4,)
     assert batch["name"] == [f"synthetic/{k:06d}" for k in range(4)]
 
 
-def test_build_dataset(tree):
-    assert isinstance(build_dataset("folder", tree, 8), ImageFolder)
-    synth = build_dataset("synthetic", None, 8, n=3, seed=2)
+def test_data_sources_build_their_datasets(tree):
+    folder = get_data_source("folder").dataset(DataConfig(root=str(tree), size=8), channels=3, augment=True, seed=0)
+    assert isinstance(folder, ImageFolder)
+    synth = get_data_source("synthetic").dataset(DataConfig(source="synthetic", size=8, n=3), channels=3,
+                                                 augment=True, seed=2)
     assert isinstance(synth, SyntheticScenes) and len(synth) == 3
-    with pytest.raises(DataError, match=r"unknown data source 'synthetc'; did you mean 'synthetic'\?"):
-        build_dataset("synthetc", None, 8)
+    with pytest.raises(PluginError, match=r"unknown data source 'synthetc'; did you mean 'synthetic'\?"):
+        get_data_source("synthetc")
     with pytest.raises(DataError, match="n must be at least 1"):
-        build_dataset("synthetic", None, 8, n=0)
+        SyntheticScenes(0, 8)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vqtoolkit import conditions, hookspecs
+from vqtoolkit import hookspecs, plugins
 from vqtoolkit.cli import cli
+
+from .test_train_stage1 import TINY as TINY_STAGE1
 from vqtoolkit.conditions import Condition
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -55,9 +57,22 @@ def test_the_complete_example_plugin_works(install_plugin):
     assert listing["conditions"]["brightness"]["plugin"] == "brightness"
     import torch
 
-    condition = conditions.get_condition("brightness")
+    condition = plugins.get_condition("brightness")
     raw = condition.from_item({"image": torch.zeros(3, 8, 8)}, None)
     assert raw.shape == (1, 8, 8) and condition.render(raw, None).shape == (8, 8, 3)
+
+
+def test_the_data_source_example_trains(install_plugin, tmp_path):
+    section = HOOKS_DOC.split("### vqt_register_data_sources(registry)", 1)[1].split("\n## ", 1)[0]
+    install_plugin("stripes", section.split("```python\n", 1)[1].split("```", 1)[0])
+    listing = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert listing["data_sources"]["stripes"]["plugin"] == "stripes"
+    recipe = tmp_path / "stripes.toml"
+    recipe.write_text(TINY_STAGE1.replace('source = "synthetic"', 'source = "stripes"'))
+    result = CliRunner().invoke(cli, ["train-stage1", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "last.safetensors").is_file()
+    assert "psnr" in result.output  # the held-out set came from the source
 
 
 def test_hook_examples_are_valid_python():
@@ -67,7 +82,7 @@ def test_hook_examples_are_valid_python():
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_every_builtin_condition_and_option_is_documented(name):
-    condition = conditions.get_condition(name)
+    condition = plugins.get_condition(name)
     assert f"\n## {name}\n" in CONDITIONS_DOC, f"docs/conditions.md lacks a '## {name}' section"
     section = CONDITIONS_DOC.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
     assert condition.description in section

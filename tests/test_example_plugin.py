@@ -19,7 +19,7 @@ from PIL import Image
 
 from vqtoolkit import plugins
 from vqtoolkit.cli import cli
-from vqtoolkit.synthetic import render_scene
+from vqtoolkit_plugins.synthetic.render import render_scene
 
 from .test_modalities_e2e import TINY, TINY_GPT, sets, vqt
 

@@ -2,13 +2,13 @@
 
 import torch
 
-from vqtoolkit.generator import GuidedGPT
-from vqtoolkit.models.transformer import GPT
+from vqtoolkit.sampling import GuidedGPT
+from vqtoolkit.models.transformer import GPT, GPTConfig
 
 
 def test_guided_logits_match_hand_computation():
     torch.manual_seed(0)
-    gpt = GPT(12, 10, 2, 2, 16).eval()
+    gpt = GPT(GPTConfig(12, 10, 2, 2, 16)).eval()
     null = torch.tensor([11])
     guided = GuidedGPT(gpt, null, scale=3.0)
     idx = torch.tensor([[4, 1, 2, 3], [7, 5, 6, 0]])  # class token first, then image tokens

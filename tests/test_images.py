@@ -7,16 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from vqtoolkit.codes import load_codes, save_codes
 from vqtoolkit.errors import ImageError, VqtError
 from vqtoolkit.images import (
     check_size,
     crop_or_pad_to_multiple,
     image_grid,
     load_array,
-    load_codes,
     load_image,
     load_label_map,
-    save_codes,
     save_png,
     to_tensor,
     to_uint8,

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 
 from vqtoolkit.errors import VqtError
 from vqtoolkit.losses import VQLoss, hinge_d_loss, load_lpips, vanilla_d_loss
+from vqtoolkit.recipes import LossConfig
 
 
 def tiny_loss(**kwargs) -> VQLoss:
     options = dict(perceptual_weight=0.0, disc_start=0, disc_layers=1, disc_ndf=8)
-    return VQLoss(**{**options, **kwargs})
+    return VQLoss(LossConfig(**{**options, **kwargs}))
 
 
 class TinyDecoder(torch.nn.Module):
@@ -148,12 +149,12 @@ def test_l2_pixel_loss():
 def test_missing_vgg_weights_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(VqtError) as info:
-        VQLoss(perceptual_weight=1.0)
+        VQLoss(LossConfig(perceptual_weight=1.0))
     message = str(info.value)
     assert str(tmp_path / "checkpoints" / "vgg16-397923af.pth") in message
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
     assert "loss.perceptual_weight=0" in message and "loss.perceptual_backbone=random" in message
-    assert VQLoss(perceptual_weight=0.0).perceptual is None  # no LPIPS, no weights needed
+    assert VQLoss(LossConfig(perceptual_weight=0.0)).perceptual is None  # no LPIPS, no weights needed
 
 
 def test_unknown_options_are_errors():

@@ -18,10 +18,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqtoolkit.cli import cli
-from vqtoolkit.conditions import get_condition
-from vqtoolkit.data import SyntheticScenes, WithCondition
+from vqtoolkit.plugins import get_condition
+from vqtoolkit.data.recipe import WithCondition
+from vqtoolkit.stage2 import ConditionSpec
+from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 from vqtoolkit.recipes import load_recipe
-from vqtoolkit.synthetic import render_scene
+from vqtoolkit_plugins.synthetic.render import render_scene
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SIZE = 32  # training scenes: 4x4 codes at f = 8, the transformer's window
@@ -104,7 +106,7 @@ def test_modality_trains_and_samples(name, image_vqgan, tmp_path):
     # The training grid shows each held-out condition beside its sample.
     recipe = load_recipe(RECIPES / f"quickstart-{name}.toml", extra)
     options = condition.parse_options(recipe.condition.options, "test")
-    val = WithCondition(SyntheticScenes(2, SIZE, seed=SEED + 7919, train=False), condition, options)
+    val = WithCondition(SyntheticScenes(2, SIZE, seed=SEED + 7919, train=False), ConditionSpec(condition, options, {}, None))
     expected = condition.render(val[0]["cond_raw"], options)
     grid = np.asarray(Image.open(sorted((run / "samples").glob("samples_*.png"))[-1]))
     np.testing.assert_array_equal(top_left(grid, expected), expected)

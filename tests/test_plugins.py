@@ -3,11 +3,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from vqtoolkit import conditions, plugins
+from vqtoolkit import plugins
 from vqtoolkit.cli import cli
 from vqtoolkit.errors import PluginError
 
-BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}
+BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}  # built-in conditions
+BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic"}  # plus the built-in data sources and commands
 
 NORMALS = """
 from vqtoolkit.conditions import Condition
@@ -35,7 +36,7 @@ def test_builtins_registered_through_entry_points():
     manager = plugins.get_plugin_manager()
     assert {p.name for p in manager.plugins} >= BUILTINS
     assert all(p.source == "built-in" for p in manager.plugins if p.name in BUILTINS)
-    assert set(conditions.registered()) == BUILTINS
+    assert set(plugins.registered()) == BUILTINS
 
 
 def test_plugins_command_lists_builtins():
@@ -66,7 +67,7 @@ def test_broken_plugin_is_reported_and_skipped(install_plugin):
     result = runner.invoke(cli, ["plugins"])
     assert result.exit_code == 0
     assert "broken" in result.output and "boom at import" in result.output
-    assert set(conditions.registered()) == BUILTINS
+    assert set(plugins.registered()) == BUILTINS
 
 
 def test_plugin_whose_hook_raises_is_reported(install_plugin):
@@ -76,7 +77,7 @@ def test_plugin_whose_hook_raises_is_reported(install_plugin):
         def vqt_register_conditions(registry):
             raise ValueError("cannot register")
     """)
-    assert set(conditions.registered()) == BUILTINS
+    assert set(plugins.registered()) == BUILTINS
     assert "cannot register" in plugins.get_plugin_manager().info("faulty").error
 
 
@@ -95,7 +96,7 @@ def test_vqt_load_plugins_empty_loads_only_builtins(install_plugin, monkeypatch)
     install_plugin("normals", NORMALS)
     monkeypatch.setenv("VQT_LOAD_PLUGINS", "")
     plugins.reset()
-    assert {p.name for p in plugins.get_plugin_manager().plugins} == BUILTINS
+    assert {p.name for p in plugins.get_plugin_manager().plugins} == BUILTIN_PLUGINS
     monkeypatch.setenv("VQT_LOAD_PLUGINS", "normals")
     plugins.reset()
     assert "normals" in {p.name for p in plugins.get_plugin_manager().plugins}
@@ -112,14 +113,14 @@ def test_duplicate_condition_names_both_plugins(install_plugin):
             registry.register(Depth())
     """)
     with pytest.raises(PluginError, match=r"'depth' is registered twice: by plugin depth and by plugin otherdepth"):
-        conditions.registered()
+        plugins.registered()
     result = CliRunner().invoke(cli, ["plugins"])
     assert "registered twice" in result.output
 
 
 def test_unknown_condition_suggests():
     with pytest.raises(PluginError, match=r"unknown condition 'sgmentation'; did you mean 'segmentation'\?"):
-        conditions.get_condition("sgmentation")
+        plugins.get_condition("sgmentation")
 
 
 def test_plugin_command_conflict_never_breaks_help(install_plugin):
@@ -140,4 +141,4 @@ def test_two_distributions_with_one_plugin_name_are_reported(install_plugin):
     manager = plugins.get_plugin_manager()
     clashes = [p for p in manager.plugins if p.name == "depth" and p.error]
     assert len(clashes) == 1 and "already taken by built-in" in clashes[0].error
-    assert "depth" in conditions.registered()
+    assert "depth" in plugins.registered()

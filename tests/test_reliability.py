@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vqtoolkit.checkpoint import load_bundle, load_train_state
-from vqtoolkit.cli import cli, parse_size
+from vqtoolkit.cli import cli
+from vqtoolkit.cli.options import parse_size
 from vqtoolkit.errors import VqtError
 
 from .conftest import write
@@ -67,14 +68,14 @@ def test_encode_leaves_no_partial_output(bundle, tmp_path):  # noqa: F811
 ])
 def test_bad_sample_values(tmp_path, args, message):
     from vqtoolkit.api import Stage1Model
-    from vqtoolkit.generator import Stage2Model
-    from vqtoolkit.models.transformer import GPT
+    from vqtoolkit.stage2 import Stage2Model
+    from vqtoolkit.models.transformer import GPT, GPTConfig
     from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
     first = Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                                           z_channels=4, resolution=16), QuantizerConfig(n_codes=8, embed_dim=4))
     path = tmp_path / "m.safetensors"
-    Stage2Model(first, GPT(8, 1 + 16 - 1, 1, 1, 8), 4, None).save(path)
+    Stage2Model(first, GPT(GPTConfig(8, 1 + 16 - 1, 1, 1, 8)), 4, None).save(path)
     result = CliRunner().invoke(cli, ["sample", "--model", str(path), "--size", "8x8", "-o", str(tmp_path / "o"),
                                       *args])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output

@@ -5,7 +5,7 @@ import torch
 
 from vqtoolkit.errors import VqtError
 from vqtoolkit import sampling
-from vqtoolkit.models.transformer import GPT
+from vqtoolkit.models.transformer import GPT, GPTConfig
 from vqtoolkit.sampling import (
     sample_logits,
     sample_raster,
@@ -17,7 +17,7 @@ from vqtoolkit.sampling import (
 
 def tiny_gpt(seed: int = 0, block_size: int = 32) -> GPT:
     """A small GPT with large random weights, so logits are far from uniform."""
-    gpt = GPT(vocab_size=16, block_size=block_size, n_layer=2, n_head=2, n_embd=16).eval()
+    gpt = GPT(GPTConfig(vocab_size=16, block_size=block_size, n_layer=2, n_head=2, n_embd=16)).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in gpt.parameters():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vqtoolkit.synthetic import (
+from vqtoolkit_plugins.synthetic.render import (
     BOX,
     CLASS_NAMES,
     COCO_FLIP_INDEX,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vqtoolkit.api import Stage1Model
 from vqtoolkit.cli import cli
-from vqtoolkit.generator import Stage2Model
+from vqtoolkit.stage2 import Stage2Model
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
 from .conftest import logged, write
@@ -161,33 +161,28 @@ def test_shards_from_another_first_stage_are_refused(first_stage, tmp_path):
     assert result.exit_code == 1 and "were made by another stage-1 model" in result.output
 
 
-def test_interrupted_tokenize_resumes(tmp_path, monkeypatch):
-    from vqtoolkit import tokens
+def test_interrupted_tokenize_resumes(tmp_path):
+    from vqtoolkit.data import tokens
 
     data = [{"image": torch.full((1, 2, 2), float(i))} for i in range(10)]
     identity = {"first_stage": {"fingerprint": "abc"}}
+    calls = {"n": 0, "die_at": 3}  # batches of 2 and shards of 4: the first shard is written, then it dies
 
     def encode(batch):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise KeyboardInterrupt
         return {"codes": batch["image"][:, 0].long()}
 
     def run():
         return tokens.tokenize(data, tmp_path / "t", encode=encode, identity=identity, batch_size=2,
                                shard_size=4, num_workers=0)
 
-    original, calls = tokens._save_npy, {"n": 0}
-
-    def dies_on_second_shard(path, array):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        original(path, array)
-
-    monkeypatch.setattr(tokens, "_save_npy", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         run()
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["count"] == 4 and not manifest["complete"]
-    monkeypatch.setattr(tokens, "_save_npy", original)
+    calls["die_at"] = -1
     assert run()["count"] == 10
     shards = tokens.TokenShards(tmp_path / "t")
     assert [int(shards[i]["codes"][0, 0]) for i in range(10)] == list(range(10))

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from vqtoolkit.errors import RecipeError, VqtError
-from vqtoolkit.models.transformer import GPT, corrupt_tokens, image_loss
+from vqtoolkit.models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 
 
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
     """A small GPT with large random weights, so logits are far from uniform and layers matter."""
     config = dict(vocab_size=16, block_size=32, n_layer=2, n_head=2, n_embd=16) | overrides
-    gpt = GPT(**config).eval()
+    gpt = GPT(GPTConfig(**config)).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in gpt.parameters():
@@ -42,7 +42,7 @@ def mingpt_forward(gpt: GPT, idx: torch.Tensor) -> torch.Tensor:
 
 
 def test_parameter_names_match_taming_mingpt():
-    gpt = GPT(vocab_size=8, block_size=4, n_layer=1, n_head=2, n_embd=4)
+    gpt = GPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=2, n_embd=4))
     layer = [f"blocks.0.{n}.{p}" for n in ("ln1", "ln2") for p in ("weight", "bias")]
     layer += [f"blocks.0.attn.{n}.{p}" for n in ("key", "query", "value", "proj") for p in ("weight", "bias")]
     layer += [f"blocks.0.mlp.{n}.{p}" for n in ("0", "2") for p in ("weight", "bias")]
@@ -55,12 +55,12 @@ def test_parameter_names_match_taming_mingpt():
 
 def test_drin_depth_model_has_paper_parameter_count():
     with torch.device("meta"):
-        gpt = GPT(vocab_size=1024, block_size=512, n_layer=24, n_head=16, n_embd=1024)
+        gpt = GPT(GPTConfig(vocab_size=1024, block_size=512, n_layer=24, n_head=16, n_embd=1024))
     assert sum(p.numel() for p in gpt.parameters()) == 304_932_864
 
 
 def test_init_follows_mingpt():
-    gpt = GPT(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=32)
+    gpt = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=32))
     assert torch.equal(gpt.pos_emb, torch.zeros(1, 8, 32))
     assert torch.equal(gpt.blocks[1].ln2.weight, torch.ones(32))
     assert torch.equal(gpt.ln_f.bias, torch.zeros(32))
@@ -71,8 +71,8 @@ def test_init_follows_mingpt():
 
 
 def test_head_divisibility_is_checked():
-    with pytest.raises(RecipeError, match="n_embd=10 must be divisible by transformer.n_head=3"):
-        GPT(vocab_size=8, block_size=4, n_layer=1, n_head=3, n_embd=10)
+    with pytest.raises(ValueError, match="n_embd=10 must be divisible by n_head=3"):
+        GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=3, n_embd=10)
 
 
 def test_forward_matches_explicit_mingpt_attention():

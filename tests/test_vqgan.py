@@ -3,6 +3,7 @@ import torch
 
 from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer, build_quantizer
 from vqtoolkit.models.vqgan import VQGAN
+from vqtoolkit.recipes import QuantizerConfig
 
 FFHQ = dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], z_channels=256,
             in_channels=3, out_channels=3, dropout=0.0, resolution=256)
@@ -66,7 +67,7 @@ def test_channels_last_matches_contiguous():
 
 def test_gradients_reach_encoder_through_quantizer():
     torch.manual_seed(0)
-    model = tiny(quantizer=build_quantizer("vq", n_codes=32, embed_dim=8))
+    model = tiny(quantizer=build_quantizer(QuantizerConfig(n_codes=32, embed_dim=8)))
     recon, qloss, _, _ = model(torch.randn(2, 3, 16, 16))
     (recon.abs().mean() + qloss).backward()
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0

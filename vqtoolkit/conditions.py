@@ -1,8 +1,9 @@
-"""Conditioning modalities: the `Condition` base class and the registry plugins add to.
+"""The conditioning contract plugins implement: `Condition`, its `Kind`, and the registry they add to.
 
-The core never names a modality: it asks the registry for the recipe's `condition.name` and talks
-to the object it gets back. Built-in modalities live in the `vqtoolkit_plugins` package and are
-registered through the `vqt_register_conditions` hook like any third-party one.
+The core never names a modality: it asks the plugin manager (`vqtoolkit.plugins.get_condition`) for
+the recipe's `condition.name` and talks to the object it gets back. Built-in modalities live in the
+`vqtoolkit_plugins` package and are registered through the `vqt_register_conditions` hook like any
+third-party one. This module holds no state.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import PluginError
-from .recipes import did_you_mean
+from .recipes import build_section
 
 Kind = Literal["spatial", "global", "positional"]
 
@@ -44,8 +45,6 @@ class Condition:
 
     def parse_options(self, raw: dict[str, Any], where: str) -> Any:
         """Check the recipe's [condition] keys against `Options`."""
-        from .recipes import build_section
-
         return build_section("condition", self.Options, raw, where)
 
     def stage_channels(self, options: Any) -> int:
@@ -111,33 +110,3 @@ class ConditionRegistry:
             raise PluginError(f"condition '{name}' is registered twice: by plugin {other} and by "
                               f"plugin {self._plugin}; uninstall one or restrict VQT_LOAD_PLUGINS")
         self._store[name] = Registered(condition, self._plugin)
-
-
-_registry: dict[str, Registered] | None = None
-
-
-def registered() -> dict[str, Registered]:
-    """All registered conditions by name (runs the hook on first use)."""
-    global _registry
-    if _registry is None:
-        from .plugins import get_plugin_manager
-
-        store: dict[str, Registered] = {}
-        get_plugin_manager().call_each(
-            "vqt_register_conditions", lambda plugin: {"registry": ConditionRegistry(store, plugin)})
-        _registry = store
-    return _registry
-
-
-def get_condition(name: str) -> Condition:
-    """The condition registered as `name`, or an error with a suggestion."""
-    conditions = registered()
-    if name not in conditions:
-        raise PluginError(f"unknown condition '{name}'{did_you_mean(name, conditions)} "
-                          "(see 'vqt plugins')")
-    return conditions[name].condition
-
-
-def reset_registry() -> None:
-    global _registry
-    _registry = None

@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .api import build_vqgan
+from .stage1 import build_vqgan
 from .models.quantize import build_quantizer
 from .checkpoint import load_state, save_bundle
 from .errors import CheckpointError, RecipeError, VqtError
 from .fileio import check_new
-from .models.transformer import GPT
+from .models.transformer import GPT, GPTConfig
 from .recipes import ModelConfig, QuantizerConfig
 
 # ---- safe unpickling ----------------------------------------------------------------------------------
@@ -601,7 +601,7 @@ def _convert_vqgan(sd: dict[str, Tensor], prefix: str, params: dict[str, Any], c
     model = _infer_model(kept, where, ddconfig, config_where, report.warnings)
     quantizer = _infer_quantizer(kept, where, params, config_where)
     # Our quantizers keep usage bookkeeping the reference lacks: start it fresh.
-    for name, buffer in build_quantizer(**dataclasses.asdict(quantizer)).named_buffers():
+    for name, buffer in build_quantizer(quantizer).named_buffers():
         kept.setdefault(f"quantize.{name}", buffer)
     with torch.device("meta"):
         vqgan = build_vqgan(model, quantizer)
@@ -737,7 +737,7 @@ def _convert_net2net(sd: dict[str, Tensor], src: Path, project: _Project | None,
     if heads < 1 or n_embd % heads:
         raise CheckpointError(f"{where}: n_head = {heads} does not divide the transformer width {n_embd}")
     with torch.device("meta"):
-        gpt = GPT(**gpt_config)
+        gpt = GPT(GPTConfig(**gpt_config))
     _check_layout(gpt, gpt_sd, f"{gpt_where} (a taming-transformers minGPT)")
     tensors.update({f"transformer.{k}": v for k, v in gpt_sd.items()})
     config["transformer"] = {**gpt_config, "window": 16}

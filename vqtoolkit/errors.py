@@ -4,6 +4,11 @@ Every mistake a user can make (bad file, bad recipe key, bad CLI value) raises a
 message names the offender and the fix. The CLI prints it as ``Error: <message>`` without a traceback.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class VqtError(Exception):
     """A user-facing error: the message is shown as-is, without a traceback."""
@@ -27,3 +32,9 @@ class DataError(VqtError):
 
 class PluginError(VqtError):
     """A plugin or condition is missing, duplicated or broken."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

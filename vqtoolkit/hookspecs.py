@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import click
 
     from .conditions import ConditionRegistry
+    from .data.sources import DataSourceRegistry
 
 hookspec = pluggy.HookspecMarker("vqtoolkit")
 hookimpl = pluggy.HookimplMarker("vqtoolkit")
@@ -24,6 +25,14 @@ def vqt_register_conditions(registry: ConditionRegistry) -> None:
     """Add conditioning modalities with ``registry.register(condition)``.
 
     Fires once, the first time a command needs the condition registry. Returns nothing.
+    """
+
+
+@hookspec
+def vqt_register_data_sources(registry: DataSourceRegistry) -> None:
+    """Add data sources, the values of a recipe's ``data.source``, with ``registry.register(source)``.
+
+    Fires once, the first time a recipe's data is built or ``vqt plugins`` lists sources. Returns nothing.
     """
 
 

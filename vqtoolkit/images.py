@@ -128,7 +128,7 @@ def load_image(path: PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_
     return np.array(convert_channels(arr, channels))  # writable: Pillow's arrays are read-only
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
     """np.load without pickles; non-.npy content becomes an ImageError naming the file."""
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -171,7 +171,7 @@ def load_array(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        arr = _load_npy(path)
+        arr = load_npy(path)
         if arr.dtype.kind not in "iufb":
             raise ImageError(f"array {path} has dtype {arr.dtype}; expected numbers")
     else:
@@ -193,7 +193,7 @@ def load_label_map(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     """Read a label map as int64 (H, W): palette indices or grey values, never colour-converted."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        arr = _load_npy(path)
+        arr = load_npy(path)
         if arr.dtype.kind not in "iu":
             raise ImageError(f"label map {path} has dtype {arr.dtype}; expected integers")
     else:
@@ -235,7 +235,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 # Writing
 
 
-def _atomic_write(path: PathLike, force: bool, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_save(path: PathLike, force: bool, write: Callable[[IO[bytes]], None]) -> Path:
     """Write through `fileio.atomic_path` (temp file, fsync, rename); refuse to overwrite."""
     with atomic_path(path, force=force) as tmp, open(tmp, "wb") as f:
         write(f)
@@ -249,13 +249,13 @@ def save_png(array: np.ndarray, path: PathLike, force: bool = False) -> Path:
         array = array[:, :, 0]
     if array.dtype == np.uint16 and array.ndim == 2:
         img16 = Image.fromarray(np.ascontiguousarray(array))
-        return _atomic_write(path, force, lambda f: img16.save(f, format="PNG"))
+        return atomic_save(path, force, lambda f: img16.save(f, format="PNG"))
     if array.dtype != np.uint8:
         raise ValueError(f"save_png expects uint8, or uint16 (H, W), got {array.dtype} {array.shape}")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"save_png expects (H, W) or (H, W, 1|3|4), got {array.shape}")
     img = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, force, lambda f: img.save(f, format="PNG"))
+    return atomic_save(path, force, lambda f: img.save(f, format="PNG"))
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -279,52 +279,6 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
             x += w + pad
         y += h + pad
     return canvas
-
-
-# --------------------------------------------------------------------------------------------
-# Codes files
-
-
-def save_codes(indices: np.ndarray, path: PathLike, force: bool = False) -> Path:
-    """Atomically write code indices (h, w) or (N, h, w) as a .npy file.
-
-    Stored as int32 when every value fits (all practical codebooks), halving the size of int64.
-    """
-    path = Path(path)
-    if path.suffix != ".npy":
-        raise ImageError(f"codes file {path} must end in .npy")
-    indices = np.asarray(indices)
-    if indices.dtype.kind not in "iu" or indices.ndim not in (2, 3) or indices.size == 0:
-        raise ValueError(
-            f"codes must be non-empty integers (h, w) or (N, h, w), got {indices.dtype} {indices.shape}"
-        )
-    if indices.min() < 0:
-        raise ValueError(f"codes must be non-negative, got {int(indices.min())}")
-    dtype = np.int32 if indices.max() <= np.iinfo(np.int32).max else np.int64
-    data = np.ascontiguousarray(indices, dtype=dtype)
-    return _atomic_write(path, force, lambda f: np.save(f, data, allow_pickle=False))
-
-
-def load_codes(path: PathLike, n_codes: int | None = None) -> np.ndarray:
-    """Read a codes .npy as int64 (h, w) or (N, h, w), checking every index against `n_codes`."""
-    path = Path(path)
-    arr = _load_npy(path)
-    if arr.dtype.kind not in "iu":
-        raise ImageError(f"codes file {path} has dtype {arr.dtype}; expected integer code indices")
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise ImageError(f"codes file {path} has shape {arr.shape}; expected (h, w) or (N, h, w)")
-    arr = arr.astype(np.int64)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0:
-        where = tuple(int(i) for i in np.unravel_index(int(arr.argmin()), arr.shape))
-        raise ImageError(f"codes file {path} has negative index {lo} at {where}")
-    if n_codes is not None and hi >= n_codes:
-        where = tuple(int(i) for i in np.unravel_index(int(arr.argmax()), arr.shape))
-        raise ImageError(
-            f"codes file {path} has index {hi} at {where}, but the model's codebook has {n_codes} "
-            f"codes (0..{n_codes - 1}); were these codes made by a different model?"
-        )
-    return arr
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .distributed import mean_over_ranks
 from .errors import VqtError
 from .models.discriminator import NLayerDiscriminator
+from .recipes import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -90,26 +91,23 @@ class VQLoss(nn.Module):
     fixed metric, not something to train or checkpoint.
     """
 
-    def __init__(self, pixel_loss: str = "l1", pixel_weight: float = 1.0, perceptual_weight: float = 1.0,
-                 perceptual_backbone: str = "vgg", codebook_weight: float = 1.0, disc_start: int = 0,
-                 disc_weight: float = 0.8, disc_factor: float = 1.0, disc_loss: str = "hinge",
-                 disc_layers: int = 3, disc_ndf: int = 64, disc_norm: str = "actnorm",
-                 disc_in_channels: int = 3) -> None:
+    def __init__(self, config: LossConfig) -> None:
         super().__init__()
-        if pixel_loss not in ("l1", "l2", "bce"):
-            raise VqtError(f"loss.pixel_loss = {pixel_loss!r} is unknown: expected 'l1', 'l2' or 'bce'")
-        if disc_loss not in _D_LOSSES:
-            raise VqtError(f"loss.disc_loss = {disc_loss!r} is unknown: expected 'hinge' or 'vanilla'")
-        self.pixel_loss = pixel_loss
-        self.pixel_weight = pixel_weight
-        self.perceptual_weight = perceptual_weight
-        self.codebook_weight = codebook_weight
-        self.disc_start = disc_start
-        self.disc_weight = disc_weight
-        self.disc_factor = disc_factor
-        self.d_loss = _D_LOSSES[disc_loss]
-        self.perceptual = load_lpips(perceptual_backbone) if perceptual_weight > 0 else None
-        self.discriminator = NLayerDiscriminator(disc_in_channels, disc_ndf, disc_layers, disc_norm)
+        if config.pixel_loss not in ("l1", "l2", "bce"):
+            raise VqtError(f"loss.pixel_loss = {config.pixel_loss!r} is unknown: expected 'l1', 'l2' or 'bce'")
+        if config.disc_loss not in _D_LOSSES:
+            raise VqtError(f"loss.disc_loss = {config.disc_loss!r} is unknown: expected 'hinge' or 'vanilla'")
+        self.pixel_loss = config.pixel_loss
+        self.pixel_weight = config.pixel_weight
+        self.perceptual_weight = config.perceptual_weight
+        self.codebook_weight = config.codebook_weight
+        self.disc_start = config.disc_start
+        self.disc_weight = config.disc_weight
+        self.disc_factor = config.disc_factor
+        self.d_loss = _D_LOSSES[config.disc_loss]
+        self.perceptual = load_lpips(config.perceptual_backbone) if config.perceptual_weight > 0 else None
+        self.discriminator = NLayerDiscriminator(config.disc_in_channels, config.disc_ndf, config.disc_layers,
+                                                 config.disc_norm)
 
     def train(self, mode: bool = True) -> VQLoss:
         super().train(mode)

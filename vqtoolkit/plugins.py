@@ -4,6 +4,9 @@ Built-in plugins are entries of the same group as third-party ones (see pyprojec
 core never imports them. ``VQT_LOAD_PLUGINS`` restricts loading: a comma-separated list of plugin
 names to load besides the built-ins (empty: built-ins only; unset: everything installed).
 A plugin that fails to import, or whose hook raises, is recorded by name and skipped.
+
+The manager also owns what plugins register (the condition registry, gathered on first use), so
+forgetting the manager forgets everything it loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import VqtError
+from .conditions import Condition, ConditionRegistry, Registered
+from .data.sources import DataSource, DataSourceRegistry, RegisteredSource
+from .errors import PluginError, VqtError, did_you_mean
 
 GROUP = "vqtoolkit"
 BUILTIN_DISTRIBUTION = "vqtoolkit"
@@ -38,6 +43,8 @@ class PluginInfo:
 class PluginManager:
     pm: pluggy.PluginManager
     plugins: list[PluginInfo]
+    _conditions: dict[str, Registered] | None = None
+    _data_sources: dict[str, RegisteredSource] | None = None
 
     def info(self, name: str) -> PluginInfo:
         return next(p for p in self.plugins if p.name == name)
@@ -63,6 +70,24 @@ class PluginManager:
                 info = self.info(impl.plugin_name)
                 info.error = f"{hook_name} failed: {reason}"
                 log.warning("plugin %s: %s", impl.plugin_name, info.error)
+
+    def conditions(self) -> dict[str, Registered]:
+        """All registered conditions by name (runs `vqt_register_conditions` on first use)."""
+        if self._conditions is None:
+            store: dict[str, Registered] = {}
+            self.call_each("vqt_register_conditions",
+                           lambda plugin: {"registry": ConditionRegistry(store, plugin)})
+            self._conditions = store
+        return self._conditions
+
+    def data_sources(self) -> dict[str, RegisteredSource]:
+        """All registered data sources by name (runs `vqt_register_data_sources` on first use)."""
+        if self._data_sources is None:
+            store: dict[str, RegisteredSource] = {}
+            self.call_each("vqt_register_data_sources",
+                           lambda plugin: {"registry": DataSourceRegistry(store, plugin)})
+            self._data_sources = store
+        return self._data_sources
 
 
 _manager: PluginManager | None = None
@@ -135,9 +160,54 @@ def get_plugin_manager() -> PluginManager:
 
 
 def reset() -> None:
-    """Forget loaded plugins (tests, and after VQT_LOAD_PLUGINS changes)."""
+    """Forget loaded plugins and what they registered (tests, and after VQT_LOAD_PLUGINS changes)."""
     global _manager
     _manager = None
-    from . import conditions
 
-    conditions.reset_registry()
+
+def registered() -> dict[str, Registered]:
+    """All registered conditions by name."""
+    return get_plugin_manager().conditions()
+
+
+def get_condition(name: str) -> Condition:
+    """The condition registered as `name`, or an error with a suggestion."""
+    conditions = registered()
+    if name not in conditions:
+        raise PluginError(f"unknown condition '{name}'{did_you_mean(name, conditions)} "
+                          "(see 'vqt plugins')")
+    return conditions[name].condition
+
+
+def get_data_source(name: str) -> DataSource:
+    """The data source registered as `name` (a recipe's `data.source`), or an error with a suggestion."""
+    sources = get_plugin_manager().data_sources()
+    if name not in sources:
+        raise PluginError(f"unknown data source '{name}'{did_you_mean(name, sources)} (choose from "
+                          f"{', '.join(sorted(sources))}; see 'vqt plugins')")
+    return sources[name].source
+
+
+def describe() -> dict[str, Any]:
+    """What `vqt plugins` shows: each plugin with its source, hooks, error and conditions, and the
+    conditions by name; `error` is a registration conflict that stopped the conditions loading."""
+    manager = get_plugin_manager()
+    conflict = None
+    try:
+        conditions = registered()
+    except VqtError as e:
+        conditions, conflict = {}, str(e)
+    try:
+        sources = manager.data_sources()
+    except VqtError as e:
+        sources, conflict = {}, conflict or str(e)
+    rows = [{"name": info.name, "source": info.source, "hooks": info.hooks, "error": info.error or None,
+             "conditions": sorted(n for n, r in conditions.items() if r.plugin == info.name),
+             "data_sources": sorted(n for n, r in sources.items() if r.plugin == info.name)}
+            for info in manager.plugins]
+    return {"plugins": rows, "error": conflict,
+            "conditions": {n: {"plugin": r.plugin, "kind": r.condition.kind,
+                               "description": r.condition.description}
+                           for n, r in sorted(conditions.items())},
+            "data_sources": {n: {"plugin": r.plugin, "description": r.source.description}
+                             for n, r in sorted(sources.items())}}

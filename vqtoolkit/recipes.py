@@ -9,7 +9,6 @@ directory so a run can always be reproduced.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import RecipeError
+from .errors import RecipeError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["folder", "paired", "synthetic"] = "folder"  # paired: images/ + one folder per condition
+    source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
     root: str = ""  # folder of training images (recursive) for source = "folder"
     list_file: str = ""  # alternative to `root`: a text file with one image path per line
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
@@ -229,12 +228,6 @@ _SECTIONS = [f.name for f in dataclasses.fields(Recipe) if f.name != "path"]
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise RecipeError(f"{key} = {value!r} is invalid: expected {expected}")
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """'; did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -311,3 +313,31 @@ def sample_sliding_reference(
                 if progress is not None:
                     progress(i * W + j + 1, H * W)
     return idx
+
+
+class GuidedGPT(torch.nn.Module):
+    """Classifier-free guidance as a drop-in GPT for the samplers: logits = u + s·(c − u).
+
+    Each sequence runs twice in one batch: as given (c) and with its first `len(null)` prefix tokens
+    replaced by the null condition (u). Works with and without the KV cache.
+    """
+
+    def __init__(self, gpt: GPT, null: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.gpt, self.null, self.scale = gpt, null, scale
+
+    @property
+    def block_size(self) -> int:
+        return self.gpt.block_size
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Any:
+        return self.gpt.new_cache(2 * batch_size, max_len)
+
+    def forward(self, idx: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        start = 0 if cache is None else cache.length
+        uncond = idx.clone()  # (B, T)
+        n = min(len(self.null) - start, idx.shape[1])
+        if n > 0:
+            uncond[:, :n] = self.null[start:start + n].to(idx.device)
+        cond_logits, uncond_logits = self.gpt(torch.cat([idx, uncond]), cache).chunk(2)  # (B, T, V) each
+        return uncond_logits + self.scale * (cond_logits - uncond_logits)

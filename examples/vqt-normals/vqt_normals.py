@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vqtoolkit.conditions import Condition
-from vqtoolkit.data import crop_like
+from vqtoolkit.data import paired_array
 from vqtoolkit.errors import DataError, ImageError
 from vqtoolkit.hookspecs import hookimpl
 from vqtoolkit.images import load_array, load_image, to_tensor, to_uint8
@@ -45,13 +45,11 @@ class NormalsCondition(Condition):
         return 3
 
     def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
-        if "depth" in item:  # the built-in synthetic scenes
-            return normals(item["depth"])
-        path = item.get("paired", {}).get("depth")
-        if path is None:
+        depth = paired_array(item, "depth", load_array, mode="bilinear")  # synthetic scenes or a depth/ folder
+        if depth is None:
             raise DataError(f"dataset item {item.get('name', '?')!r} has no depth to derive normals from: use "
                             "data.source = \"synthetic\", or \"paired\" with a depth/ folder")
-        return normals(torch.from_numpy(crop_like(load_array(path), item["crop"], what=f"depth file {path}")))
+        return normals(torch.from_numpy(depth))
 
     def read(self, spec: str, size: tuple[int, int], options: Any) -> torch.Tensor:
         """A depth map (.npy, float TIFF) to derive normals from, or an RGB normal map (.png, ...)."""

@@ -16,6 +16,7 @@ issues no collective ops, so it is safe to encode on one rank only.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Any
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from ..distributed import in_process_group, sum_over_ranks
 from ..errors import VqtError
 from ..metrics import perplexity
+from ..recipes import QuantizerConfig
 
 
 def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:
@@ -261,33 +263,22 @@ class GumbelQuantizer(nn.Module):
 
 _KINDS = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer}
 
-# The recipe's defaults ([quantizer] in recipes.QuantizerConfig); options of the other kind must stay at
-# these values, so that a misplaced key is an error instead of being silently ignored.
-_DEFAULTS: dict[str, Any] = dict(
-    n_codes=1024, embed_dim=256, usage_window=100,
-    beta=0.25, legacy_beta=False, codebook_dim=8, l2_normalize=True, ema=False, ema_decay=0.99,
-    restart_dead=True,
-    temperature_start=1.0, temperature_end=0.0625, temperature_anneal_steps=150000, kl_weight=5e-4,
-)
 
+def build_quantizer(config: QuantizerConfig) -> nn.Module:
+    """Build the quantizer a recipe's [quantizer] section describes.
 
-def build_quantizer(kind: str, **kwargs: Any) -> nn.Module:
-    """Build a quantizer of `kind` ("vq" or "gumbel") from the [quantizer] recipe options.
-
-    Options that belong to the other kind are accepted only at their default value.
+    Options that belong to the other kind must stay at their recipe default, so that a misplaced key
+    is an error instead of being silently ignored.
     """
-    if kind not in _KINDS:
+    if config.kind not in _KINDS:
         listed = ", ".join(map(repr, _KINDS))
-        raise VqtError(f"quantizer.kind = {kind!r} is unknown: expected one of {listed}")
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
-    if unknown:
-        raise VqtError(f"unknown quantizer option(s) {', '.join(unknown)}: expected some of "
-                       f"{', '.join(_DEFAULTS)}")
-    options = {**_DEFAULTS, **kwargs}
-    accepted = set(inspect.signature(_KINDS[kind]).parameters)
+        raise VqtError(f"quantizer.kind = {config.kind!r} is unknown: expected one of {listed}")
+    defaults = {f.name: f.default for f in dataclasses.fields(QuantizerConfig)}
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "kind"}
+    accepted = set(inspect.signature(_KINDS[config.kind]).parameters)
     for key in sorted(set(options) - accepted):
-        if options[key] != _DEFAULTS[key]:
+        if options[key] != defaults[key]:
             owner = next(k for k, cls in _KINDS.items() if key in inspect.signature(cls).parameters)
             raise VqtError(f"quantizer.{key} = {options[key]!r} only applies to kind {owner!r}, but "
-                           f"quantizer.kind = {kind!r}: remove it or set it to {_DEFAULTS[key]!r}")
-    return _KINDS[kind](**{k: v for k, v in options.items() if k in accepted})
+                           f"quantizer.kind = {config.kind!r}: remove it or set it to {defaults[key]!r}")
+    return _KINDS[config.kind](**{k: v for k, v in options.items() if k in accepted})

@@ -12,6 +12,8 @@ raster order. The model reads ``cat(prefix, image)[:, :-1]`` and the logits from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -119,45 +121,44 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+@dataclass(frozen=True)
+class GPTConfig:
+    """Everything that rebuilds a GPT (stage-2 bundles store it). The recipe's [transformer] section
+    holds the defaults; dropouts are off unless training turns them on."""
+
+    vocab_size: int  # token ids: image codes, and condition codes sharing the same ids
+    block_size: int  # longest sequence the model accepts (learned positions)
+    n_layer: int  # transformer blocks
+    n_head: int  # attention heads; must divide n_embd
+    n_embd: int  # width of the residual stream
+    embd_pdrop: float = 0.0  # dropout on token + position embeddings
+    resid_pdrop: float = 0.0  # dropout on each block's attention and MLP outputs
+    attn_pdrop: float = 0.0  # dropout on attention weights
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+
 class GPT(nn.Module):
-    """Decoder-only transformer over code indices with a context of `block_size` tokens.
+    """Decoder-only transformer over code indices with a context of `config.block_size` tokens."""
 
-    Args:
-        vocab_size: number of token ids (image codes; condition codes share the same ids).
-        block_size: longest sequence the model accepts (learned positions).
-        n_layer: number of transformer blocks.
-        n_head: attention heads; must divide `n_embd`.
-        n_embd: width of the residual stream.
-        embd_pdrop: dropout on token + position embeddings.
-        resid_pdrop: dropout on each block's attention and MLP outputs.
-        attn_pdrop: dropout on attention weights.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        block_size: int,
-        n_layer: int,
-        n_head: int,
-        n_embd: int,
-        embd_pdrop: float = 0.0,
-        resid_pdrop: float = 0.0,
-        attn_pdrop: float = 0.0,
-    ) -> None:
+    def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        if n_embd % n_head != 0:
-            raise RecipeError(f"transformer.n_embd={n_embd} must be divisible by transformer.n_head={n_head}")
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.n_layer = n_layer
-        self.n_head = n_head
-        self.n_embd = n_embd
-        self.tok_emb = nn.Embedding(vocab_size, n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
-        self.drop = nn.Dropout(embd_pdrop)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, attn_pdrop, resid_pdrop) for _ in range(n_layer))
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.block_size = config.block_size
+        self.n_layer = config.n_layer
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        n_embd = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.block_size, n_embd))
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.blocks = nn.ModuleList(Block(n_embd, config.n_head, config.attn_pdrop, config.resid_pdrop)
+                                    for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
-        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.head = nn.Linear(n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
 
     @staticmethod

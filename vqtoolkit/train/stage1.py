@@ -7,7 +7,6 @@ on after `loss.disc_start` batches.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -15,33 +14,17 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..api import Stage1Model, evaluate
-from ..conditions import get_condition
-from ..data import WithCondition, build_dataset
+from ..evaluation import evaluate
+from ..stage1 import Stage1Model
+from ..plugins import get_condition
+from ..stage2 import ConditionSpec
+from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..errors import RecipeError
 from ..images import image_grid, save_png, to_uint8
 from ..losses import VQLoss
 from ..recipes import Recipe
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
-
-
-def training_dataset(recipe: Recipe, channels: int, augment: bool = True) -> Any:
-    """The recipe's training images (random crops and flips when `augment`)."""
-    d = recipe.data
-    return build_dataset(d.source, d.root, d.size, train=augment, n=d.n, channels=channels,
-                         seed=recipe.train.seed, list_file=d.list_file, strict=d.strict)
-
-
-def held_out_dataset(recipe: Recipe, channels: int) -> Any:
-    """Held-out images (centre crops): disjoint synthetic scenes, or `data.val_root`; else None."""
-    d = recipe.data
-    if d.source == "synthetic":
-        return build_dataset("synthetic", "", d.size, train=False, n=max(d.val_n, 1), channels=channels,
-                             seed=recipe.train.seed + 7_919)
-    if d.val_root:
-        return build_dataset(d.source, d.val_root, d.size, train=False, channels=channels, strict=d.strict)
-    return None
 
 
 def stage1_datasets(recipe: Recipe, channels: int) -> tuple[Any, Any]:
@@ -60,9 +43,10 @@ def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
     if recipe.model.in_channels != channels or recipe.model.out_channels != channels:
         raise RecipeError(f"{where}: condition '{condition.name}' gives {channels}-channel inputs; set "
                           f"model.in_channels = model.out_channels = {channels} (and loss.disc_in_channels)")
+    spec = ConditionSpec(condition, options, dict(recipe.condition.options), None)
     train, val = stage1_datasets(recipe, 3)
-    train = WithCondition(train, condition, options, as_image=True)
-    val = WithCondition(val, condition, options, as_image=True) if val is not None else None
+    train = WithCondition(train, spec, as_image=True)
+    val = WithCondition(val, spec, as_image=True) if val is not None else None
     return train, val, (condition, options)
 
 
@@ -89,7 +73,7 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     model = Stage1Model.build(recipe.model, recipe.quantizer)
     loss_format, ae_format = _memory_formats(cfg.channels_last, rt.device)
     vqgan = model.vqgan.to(rt.device, memory_format=ae_format)
-    loss_fn = VQLoss(**dataclasses.asdict(recipe.loss)).to(rt.device, memory_format=loss_format)
+    loss_fn = VQLoss(recipe.loss).to(rt.device, memory_format=loss_format)
     disc = loss_fn.discriminator
     disc_params = list(disc.parameters())
     lr = scaled_lr(cfg, rt.world_size)

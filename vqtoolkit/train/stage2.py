@@ -15,17 +15,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from ..api import Stage1Model
-from ..data import WithCondition
+from ..stage1 import Stage1Model
+from ..data.recipe import WithCondition, held_out_dataset, training_dataset
+from ..data.tokens import TokenShards, fingerprint
 from ..errors import RecipeError
-from ..generator import ConditionSpec, Stage2Model, check_condition_grid, crop_window, prefix_length
+from ..stage2 import ConditionSpec, Stage2Model, check_condition_grid, crop_window, prefix_length
 from ..images import image_grid, save_png, to_uint8
-from ..models.transformer import GPT, corrupt_tokens, image_loss
+from ..models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 from ..recipes import Recipe
-from ..tokens import TokenShards, fingerprint
 from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
                    scaled_lr, seed_everything, setup_runtime)
-from .stage1 import held_out_dataset, training_dataset
 
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
@@ -38,10 +37,10 @@ def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) 
     else:
         train = training_dataset(recipe, channels)
         if spec is not None:
-            train = WithCondition(train, spec.condition, spec.options)
+            train = WithCondition(train, spec)
     val = held_out_dataset(recipe, channels)
     if spec is not None and val is not None:
-        val = WithCondition(val, spec.condition, spec.options)
+        val = WithCondition(val, spec)
     return train, val
 
 
@@ -84,7 +83,8 @@ def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None, gl
     t = recipe.transformer
     vocab = max(first.n_codes, spec.vocab_size() if spec else 1)
     block = prefix_length(spec, t.window, global_tokens) + t.window * t.window  # one spare, as the reference
-    return GPT(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop, t.attn_pdrop)
+    return GPT(GPTConfig(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop,
+                         t.attn_pdrop))
 
 
 def _schedule(recipe: Recipe) -> Any:
@@ -117,7 +117,7 @@ class Sequences:
             codes = m.first_stage.encode(batch["image"].to(device))  # (B, H, W)
             cond = m.condition.tokens(batch["cond_raw"].to(device)) if m.condition else None
         if cond is not None and self.train:
-            cond = m.condition.condition.train_tokens(cond, m.condition.options, self.generator)
+            cond = m.condition.train_tokens(cond, self.generator)
         B, H, W = codes.shape
         w = m.window
         tops = torch.randint(H - w + 1, (B,), generator=self.generator).tolist()
@@ -245,7 +245,7 @@ def _write_samples(run: RunDir, model: Stage2Model, gpt: GPT, val_set: Dataset |
                 raw = _crop_raw(val_set[i]["cond_raw"], size)
                 images, _ = model.sample(1, size, cond=raw, seed=step + i, temperature=s.temperature,
                                          top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None)
-                rows.append([model.condition.condition.render(raw, model.condition.options), to_uint8(images[0])])
+                rows.append([model.condition.render(raw), to_uint8(images[0])])
         save_png(image_grid(rows), run.samples / f"samples_{step:07d}.png", force=True)
     finally:
         model.gpt = was

@@ -1,6 +1,6 @@
 """Stage 2 as an object: first stage + condition stage + transformer, and sampling at any size.
 
-    from vqtoolkit.api import Stage2Model
+    from vqtoolkit import Stage2Model
     model = Stage2Model.load("runs/quickstart-stage2/last.safetensors")
     images, codes = model.sample(n=2, size=(576, 1024), seed=0)   # (2, 3, 576, 1024), (2, 36, 64)
 
@@ -11,6 +11,7 @@ than the training window are sampled with the sliding window of the paper (Fig. 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,17 @@ from typing import Any
 
 import torch
 
-from .api import Stage1Model
 from .checkpoint import Bundle, load_bundle, load_state, module_tensors, save_bundle
-from .conditions import Condition, get_condition
+from .conditions import Condition
 from .errors import CheckpointError, ImageError, RecipeError, VqtError
-from .models.transformer import GPT
+from .models.transformer import GPT, GPTConfig
 from .recipes import ConditionConfig
-from .sampling import sample_raster, sample_sliding
+from .plugins import get_condition
+from .sampling import GuidedGPT, sample_raster, sample_sliding
+from .stage1 import Stage1Model
+
+
+ARCHITECTURE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # bundle config -> GPTConfig
 
 
 @dataclass
@@ -68,6 +73,26 @@ class ConditionSpec:
         """Raw conditions (B, ...) -> (B, h, w) grids or (B, L) tokens."""
         return self.condition.tokens(raw, self.options, self.stage)
 
+    def from_item(self, item: dict[str, Any]) -> torch.Tensor:
+        """The raw condition of a dataset item."""
+        return self.condition.from_item(item, self.options)
+
+    def read(self, spec: str, size: tuple[int, int]) -> torch.Tensor:
+        """The raw condition from `vqt sample --cond SPEC` for an image of `size` (H, W)."""
+        return self.condition.read(spec, size, self.options)
+
+    def render(self, raw: torch.Tensor) -> Any:
+        """An RGB uint8 (H, W, 3) picture of a raw condition."""
+        return self.condition.render(raw, self.options)
+
+    def train_tokens(self, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Tokens as the transformer sees them in training (e.g. label dropout)."""
+        return self.condition.train_tokens(tokens, self.options, generator)
+
+    def null_tokens(self) -> torch.Tensor | None:
+        """The "no condition" tokens for classifier-free guidance, or None."""
+        return self.condition.null_tokens(self.options)
+
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.raw_options}
 
@@ -105,34 +130,6 @@ def crop_window(grid: torch.Tensor, top: int, left: int, h: int, w: int) -> torc
     return grid[:, top:top + h, left:left + w].reshape(grid.shape[0], -1)
 
 
-class GuidedGPT(torch.nn.Module):
-    """Classifier-free guidance as a drop-in GPT for the samplers: logits = u + s·(c − u).
-
-    Each sequence runs twice in one batch: as given (c) and with its first `len(null)` prefix tokens
-    replaced by the null condition (u). Works with and without the KV cache.
-    """
-
-    def __init__(self, gpt: GPT, null: torch.Tensor, scale: float) -> None:
-        super().__init__()
-        self.gpt, self.null, self.scale = gpt, null, scale
-
-    @property
-    def block_size(self) -> int:
-        return self.gpt.block_size
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> Any:
-        return self.gpt.new_cache(2 * batch_size, max_len)
-
-    def forward(self, idx: torch.Tensor, cache: Any = None) -> torch.Tensor:
-        start = 0 if cache is None else cache.length
-        uncond = idx.clone()  # (B, T)
-        n = min(len(self.null) - start, idx.shape[1])
-        if n > 0:
-            uncond[:, :n] = self.null[start:start + n].to(idx.device)
-        cond_logits, uncond_logits = self.gpt(torch.cat([idx, uncond]), cache).chunk(2)  # (B, T, V) each
-        return uncond_logits + self.scale * (cond_logits - uncond_logits)
-
-
 class Stage2Model:
     """Everything `vqt sample` needs, as one object (what a stage-2 bundle holds)."""
 
@@ -147,11 +144,10 @@ class Stage2Model:
     # ---- files ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        g = self.gpt
+        architecture = {k: v for k, v in dataclasses.asdict(self.gpt.config).items() if not k.endswith("_pdrop")}
         config: dict[str, Any] = {
             "first_stage": self.first_stage.config(),
-            "transformer": {"vocab_size": g.vocab_size, "block_size": g.block_size, "n_layer": g.n_layer,
-                            "n_head": g.n_head, "n_embd": g.n_embd, "window": self.window},
+            "transformer": {**architecture, "window": self.window},
             "condition": self.condition.meta() if self.condition else {"name": "", "options": {}},
             "sos_token": self.sos_token,
         }
@@ -188,7 +184,7 @@ class Stage2Model:
                                       "VQGAN, but the bundle has no cond_stage")
             spec = ConditionSpec(condition, options, dict(cond.get("options", {})), stage)
         t = config["transformer"]
-        gpt = GPT(t["vocab_size"], t["block_size"], t["n_layer"], t["n_head"], t["n_embd"])
+        gpt = GPT(GPTConfig(**{k: t[k] for k in ARCHITECTURE_KEYS}))  # dropouts off: an inference model
         load_state(gpt, bundle.namespace("transformer"), f"{bundle.path} (transformer.*)")
         model = cls(first, gpt.eval(), int(t["window"]), spec, int(config.get("sos_token", 0)))
         return model.to(device)
@@ -272,7 +268,7 @@ class Stage2Model:
         stride = window_stride if window_stride is not None else max(1, self.window // 2)
         gpt: Any = self.gpt
         if cfg_scale != 1.0:
-            null = self.condition.condition.null_tokens(self.condition.options) if self.condition else None
+            null = self.condition.null_tokens() if self.condition else None
             if null is None:
                 raise VqtError(f"--cfg-scale needs a condition trained with a null token (e.g. class); "
                                f"this model's is '{self.condition.name if self.condition else 'none'}'")

@@ -1,15 +1,16 @@
-"""Datasets for training and evaluation: image folders and the built-in synthetic scenes.
+"""Image folders on disk: a plain folder tree (or list file), and paired folders of other modalities.
 
-Both return the same item shape, `{"image": (C, size, size) float in [-1, 1], "name": str}`, so
-the training loop does not care where images come from; the synthetic scenes add their paired
-modalities (depth, segmentation, pose, label) for conditioning plugins.
+Items are `{"image": (C, size, size) float in [-1, 1], "name": str, ...}`, the shape every data source
+gives, so the training loop does not care where images come from. Paired items add `"paired"`
+(modality name -> its file) and `"crop"` (how the image was cut), which `paired_array` applies to the
+modality's file; a condition plugin reads its data with that, whatever the source.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqtoolkit.errors import DataError, ImageError
-from vqtoolkit.images import DEFAULT_MAX_PIXELS, convert_channels, load_image, to_tensor
-from vqtoolkit.synthetic import flip_pose, render_scene
+from ..errors import DataError, ImageError
+from ..images import DEFAULT_MAX_PIXELS, convert_channels, load_image, to_tensor
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-SOURCES = ("folder", "synthetic", "paired")
 
 
 def _scan(root: Path) -> list[Path]:
@@ -172,75 +171,6 @@ class ImageFolder(Dataset):
         return {"image": to_tensor(self._crop(arr)), "name": self.names[j], "skipped": skipped}
 
 
-class SyntheticScenes(Dataset):
-    """`n` procedural scenes with paired depth, segmentation, pose and class label.
-
-    Item k is scene `seed * 1_000_003 + k`. When `train`, it is flipped horizontally with
-    probability 1/2, decided by a generator seeded from (seed, k, epoch), so the flip is the same
-    in every worker and changes with `set_epoch`. All modalities flip together (pose x mirrored,
-    left/right keypoints swapped).
-    """
-
-    def __init__(self, n: int, size: int, *, seed: int = 0, train: bool = True, channels: int = 3) -> None:
-        if n < 1:
-            raise DataError(f"synthetic dataset size n must be at least 1, got {n}")
-        if seed < 0:
-            raise DataError(f"synthetic dataset seed must be >= 0, got {seed}")
-        if channels not in (1, 3):
-            raise DataError(f"channels must be 1 or 3, got {channels}")
-        self.n, self.size, self.seed, self.train, self.channels = n, size, seed, train, channels
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose this epoch's flips (call before each epoch, like DistributedSampler.set_epoch)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, k: int) -> dict[str, object]:
-        if not 0 <= k < self.n:
-            raise IndexError(f"scene index {k} out of range for {self.n} scenes")
-        scene = render_scene(self.seed * 1_000_003 + k, self.size)
-        image, depth, seg, pose = scene.image, scene.depth, scene.segmentation, scene.pose
-        if self.train and np.random.default_rng([self.seed, k, self.epoch]).random() < 0.5:
-            image, depth, seg = image[:, ::-1], depth[:, ::-1], seg[:, ::-1]
-            pose = flip_pose(pose, image.shape[1])
-        return {
-            "image": to_tensor(convert_channels(image, self.channels)),  # (C, H, W)
-            "name": f"synthetic/{k:06d}",
-            "depth": torch.from_numpy(depth.copy()),  # (H, W) float32
-            "segmentation": torch.from_numpy(seg.copy()),  # (H, W) int64
-            "pose": torch.from_numpy(pose.copy()),  # (17, 3) float32
-            "label": torch.tensor(scene.label),  # () int64
-        }
-
-
-class WithCondition(Dataset):
-    """Adds each item's raw condition ("cond_raw"), read from its paired data or derived from its image.
-
-    With `as_image`, the raw condition replaces the image: that is what a condition's own VQGAN
-    (e.g. the depth VQGAN) trains on.
-    """
-
-    def __init__(self, dataset: Dataset, condition: Any, options: Any, as_image: bool = False) -> None:
-        self.dataset, self.condition, self.options, self.as_image = dataset, condition, options, as_image
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
-        raw = self.condition.from_item(item, self.options)
-        out = {"image": raw} if self.as_image else {"image": item["image"], "cond_raw": raw}
-        out.update({k: item[k] for k in ("name", "skipped") if k in item})
-        return out
-
-
 def _crop_box(h: int, w: int, size: int, train: bool) -> torch.Tensor:
     """The resize-then-crop an ImageFolder applies, as numbers: (h, w, nh, nw, top, left, flip)."""
     nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
@@ -375,25 +305,15 @@ class PairedFolder(Dataset):
         return item
 
 
-def build_dataset(
-    source: str,
-    root: str | os.PathLike[str] | None,
-    size: int,
-    *,
-    channels: int = 3,
-    train: bool = True,
-    n: int = 1000,
-    seed: int = 0,
-    list_file: str | os.PathLike[str] | None = None,
-    strict: bool = False,
-) -> Dataset:
-    """The dataset a recipe's `[data]` section names: `source` is "folder", "synthetic" or "paired"."""
-    if source == "folder":
-        return ImageFolder(root, size, channels=channels, train=train, list_file=list_file, strict=strict)
-    if source == "synthetic":
-        return SyntheticScenes(n, size, seed=seed, train=train, channels=channels)
-    if source == "paired":
-        return PairedFolder(root, size, channels=channels, train=train, strict=strict)
-    close = difflib.get_close_matches(source, SOURCES, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise DataError(f"unknown data source {source!r}; {hint}(choose from {', '.join(SOURCES)})")
+def paired_array(item: dict[str, Any], name: str, load: Callable[[str], np.ndarray], *,
+                 mode: str) -> np.ndarray | None:
+    """The `name` modality of a dataset item, aligned with its image; None when the item has none.
+
+    A source that keeps its modalities in memory (the synthetic scenes) puts arrays in
+    `item["paired"]`, already cut like the image. A paired folder puts file paths there, which are
+    loaded with `load` and cut with the item's `crop` (`mode` as in `crop_like`).
+    """
+    value = item.get("paired", {}).get(name)
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    return crop_like(load(value), item["crop"], mode=mode, what=f"{name} file {value}")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError, VqtError
-from .fileio import atomic_path, atomic_write_text
+from ..errors import DataError, VqtError
+from ..fileio import atomic_path, atomic_write_text
 
 FORMAT = "vqtoolkit-tokens/1"
 MANIFEST = "manifest.json"
@@ -151,43 +151,3 @@ class TokenShards(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {key: torch.from_numpy(a[i].astype(np.int64)) for key, a in self.arrays.items()}
-
-
-def tokenize_recipe(recipe: Any, out: str | Path, *, model_path: str = "", device: str = "cpu",
-                    batch_size: int = 16, progress_factory: Callable[[int], Callable[[int], None]] | None = None,
-                    force: bool = False) -> dict[str, Any]:
-    """Encode the recipe's data with its stage 1 (and condition stage) into shards under `out`."""
-    from .api import Stage1Model
-    from .data import WithCondition
-    from .generator import ConditionSpec, check_condition_grid
-    from .train.stage1 import training_dataset
-
-    path = model_path or recipe.transformer.first_stage
-    if not path:
-        raise VqtError("name the stage-1 bundle with --model or transformer.first_stage in the recipe")
-    first = Stage1Model.load(path, device)
-    spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", device)
-    dataset = training_dataset(recipe, first.model_config.in_channels, augment=False)
-    if spec is not None:
-        dataset = WithCondition(dataset, spec.condition, spec.options)
-        grid = recipe.data.size // first.factor
-        check_condition_grid(spec, dataset[0]["cond_raw"].to(device), (grid, grid), recipe.path or "recipe")
-    identity: dict[str, Any] = {
-        "first_stage": {"path": str(path), "fingerprint": fingerprint(first.tensors())},
-        "condition": spec.meta() if spec else {"name": "", "options": {}},
-        "data": {"source": recipe.data.source, "root": recipe.data.root, "list_file": recipe.data.list_file,
-                 "size": recipe.data.size, "n": recipe.data.n},
-        "grid": [recipe.data.size // first.factor] * 2,
-    }
-    if spec is not None and spec.stage is not None:
-        identity["cond_stage"] = {"path": recipe.condition.stage, "fingerprint": fingerprint(spec.stage.tensors())}
-
-    def encode(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out_ = {"codes": first.encode(batch["image"].to(first.device))}
-        if spec is not None:
-            out_["cond"] = spec.tokens(batch["cond_raw"].to(first.device))
-        return out_
-
-    progress = progress_factory(len(dataset)) if progress_factory else None
-    return tokenize(dataset, out, encode=encode, identity=identity, batch_size=batch_size,
-                    num_workers=recipe.data.num_workers, progress=progress, force=force)

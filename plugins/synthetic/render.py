@@ -303,8 +303,8 @@ def render_scene(seed: int, size: int | tuple[int, int]) -> Scene:
 def write_scene(scene: Scene, folder: str | Path, force: bool = False) -> list[Path]:
     """Write a scene as files the CLI reads: image.png, depth.png (16-bit, near = small),
     segmentation.png (8-bit labels), pose.json (COCO-17 keypoints), label.txt."""
-    from .fileio import all_or_nothing, atomic_write_text, check_new
-    from .images import save_png
+    from vqtoolkit.fileio import all_or_nothing, atomic_write_text, check_new
+    from vqtoolkit.images import save_png
 
     folder = Path(folder)
     depth16 = np.round(scene.depth / max(float(scene.depth.max()), 1e-6) * 65535).astype(np.uint16)

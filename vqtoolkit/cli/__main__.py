@@ -1,0 +1,5 @@
+"""`python -m vqtoolkit.cli`, e.g. under torchrun."""
+
+from . import main
+
+main()

@@ -1,0 +1,54 @@
+"""The built-in data sources `folder` and `paired`, registered through the plugin hook like any other."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..hookspecs import hookimpl
+from .sources import DataSource
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from ..recipes import DataConfig
+
+
+class FolderSource(DataSource):
+    name = "folder"
+    description = "Images in a folder tree (data.root) or a list file (data.list_file); held out: data.val_root."
+
+    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+        from .folders import ImageFolder
+
+        return ImageFolder(data.root, data.size, channels=channels, train=augment, list_file=data.list_file,
+                           strict=data.strict)
+
+    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+        from .folders import ImageFolder
+
+        if not data.val_root:
+            return None
+        return ImageFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict)
+
+
+class PairedSource(DataSource):
+    name = "paired"
+    description = "data.root/images/ with one folder per modality beside it (depth/, segmentation/, ...)."
+
+    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+        from .folders import PairedFolder
+
+        return PairedFolder(data.root, data.size, channels=channels, train=augment, strict=data.strict)
+
+    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+        from .folders import PairedFolder
+
+        if not data.val_root:
+            return None
+        return PairedFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict)
+
+
+@hookimpl
+def vqt_register_data_sources(registry):
+    registry.register(FolderSource())
+    registry.register(PairedSource())
