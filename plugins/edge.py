@@ -137,6 +137,20 @@ def edge_map(edges: torch.Tensor, channels: int) -> torch.Tensor:
     return (edges.float() * 2 - 1)[None].repeat(channels, 1, 1)
 
 
+def edge_f1(found: torch.Tensor, target: torch.Tensor, tolerance: int = 1) -> float:
+    """F1 of two boolean edge maps (H, W) with a `tolerance`-pixel match radius; 1.0 when both are empty."""
+    def near(edges: torch.Tensor) -> torch.Tensor:
+        k = 2 * tolerance + 1
+        return F.max_pool2d(edges[None, None].float(), k, stride=1, padding=tolerance)[0, 0] > 0
+
+    n_found, n_target = int(found.sum()), int(target.sum())
+    if n_found == 0 or n_target == 0:
+        return 1.0 if n_found == n_target else 0.0
+    precision = float((found & near(target)).sum()) / n_found
+    recall = float((target & near(found)).sum()) / n_target
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
 def _read_map(path: str) -> np.ndarray:
     """A file as an edge map in [0, 1] (H, W): greyscale files are maps (white = edge); colour
     files are photos, and their Canny edges are taken."""
@@ -174,6 +188,16 @@ class EdgeCondition(Condition):
     def render(self, raw: torch.Tensor, options: EdgeOptions) -> np.ndarray:
         check_channels(raw, options.channels, self.name)
         return grey_picture((raw.mean(0) + 1) / 2)
+
+    def fidelity(self, images: torch.Tensor, raw: torch.Tensor, options: EdgeOptions) -> dict[str, float]:
+        """edge_f1: the F1 score of each sample's Canny edges against the condition's, where an edge
+        pixel within one pixel of the other map's edge counts as matched (BSDS-style tolerance)."""
+        target = raw.mean(0).cpu() > 0  # (H, W) bool
+        scores = []
+        for image in images.cpu():
+            found = canny(grey(image if image.shape[0] == 3 else image.repeat(3, 1, 1)))
+            scores.append(edge_f1(found, target))
+        return {"edge_f1": float(np.mean(scores))}
 
 
 @hookimpl

@@ -7,6 +7,7 @@ encoded on the same grid (by a 3-channel VQGAN of its own, or by the image VQGAN
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,16 @@ class SuperresCondition(Condition):
     def render(self, raw: torch.Tensor, options: SuperresOptions) -> np.ndarray:
         check_channels(raw, 3, self.name)
         return to_uint8(raw)
+
+    def fidelity(self, images: torch.Tensor, raw: torch.Tensor, options: SuperresOptions) -> dict[str, float]:
+        """lowres_psnr: PSNR (dB, data range 2) between each sample, shrunk and enlarged as the input
+        was, and the low-resolution input: does the sample keep what the condition shows?"""
+        target = raw.float().cpu()
+        scores = []
+        for image in images.cpu():
+            mse = float(((degrade(image, options.factor) - target) ** 2).mean())
+            scores.append(10 * math.log10(4.0 / max(mse, 1e-10)))
+        return {"lowres_psnr": float(np.mean(scores))}
 
 
 @hookimpl

@@ -77,6 +77,14 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
 
 
+def bundle_kind(path: str | Path) -> str:
+    """A bundle's kind ("stage1", "stage2") from its metadata alone, without reading tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model bundle {path} does not exist")
+    return _read_metadata(path).get("kind", "")
+
+
 def load_bundle(path: str | Path, expect_kind: str | None = None) -> Bundle:
     """Read a bundle (never unpickles), checking format, version and, if given, its kind."""
     path = Path(path)

@@ -83,6 +83,12 @@ class Condition:
         """The "no condition" tokens (L,) for classifier-free guidance, or None when unsupported."""
         return None
 
+    def fidelity(self, images: torch.Tensor, raw: torch.Tensor, options: Any) -> dict[str, float]:
+        """How faithfully sampled images (B, C, H, W) in [-1, 1] follow one raw condition, for
+        conditions that can be re-derived from an image (edges, low resolution): named figures,
+        higher = more faithful. Default: none."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Registered:

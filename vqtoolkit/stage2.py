@@ -93,6 +93,10 @@ class ConditionSpec:
         """The "no condition" tokens for classifier-free guidance, or None."""
         return self.condition.null_tokens(self.options)
 
+    def fidelity(self, images: torch.Tensor, raw: torch.Tensor) -> dict[str, float]:
+        """How faithfully samples follow the raw condition `raw` (figures named by the plugin)."""
+        return self.condition.fidelity(images, raw, self.options)
+
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.raw_options}
 

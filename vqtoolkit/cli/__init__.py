@@ -15,7 +15,8 @@ import click
 
 from .. import __version__
 from ..errors import VqtError
-from .stage1 import decode_command, encode_command, eval_command, train_stage1_command
+from .evaluate import eval_command
+from .stage1 import decode_command, encode_command, train_stage1_command
 from .stage2 import sample_command, tokenize_command, train_stage2_command
 from .tools import convert_command, plugins_command
 

@@ -1,13 +1,9 @@
-"""Stage-1 commands: train a VQGAN, encode images to codes, decode codes, evaluate reconstructions."""
+"""Stage-1 commands: train a VQGAN, encode images to codes, decode codes."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from ..errors import VqtError
 from .options import Bar, device_for, outputs_for, recipe_options, run_training
 
 
@@ -65,52 +61,3 @@ def decode_command(codes: tuple[str, ...], model_path: str, out: str, device: st
     finally:
         bar.close()
     click.echo(f"wrote {written} image(s) to {out}")
-
-
-@click.command("eval")
-@click.argument("data")
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="Stage-1 bundle (.safetensors).")
-@click.option("--size", type=int, default=None, help="Centre-crop size (default: the model's resolution).")
-@click.option("--n", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Number of items when DATA names a data source that makes its own (e.g. 'synthetic').")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--grid", type=click.Path(dir_okay=False), default=None,
-              help="PNG of the worst and best reconstructions (default: <model>-eval.png).")
-@click.option("--json", "as_json", is_flag=True, help="Print figures as a JSON object.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--force", is_flag=True, help="Overwrite an existing grid PNG.")
-def eval_command(data: str, model_path: str, size: int | None, n: int, batch_size: int,
-                 grid: str | None, as_json: bool, device: str, force: bool) -> None:
-    """Evaluate a VQGAN on a folder of images (or a generated source such as 'synthetic'): PSNR, SSIM,
-    LPIPS, codebook use."""
-    from ..data.recipe import evaluation_dataset
-    from ..evaluation import evaluate
-    from ..images import image_grid, save_png
-    from ..stage1 import Stage1Model
-
-    model = Stage1Model.load(model_path, device_for(device))
-    size = size or model.model_config.resolution
-    if size % model.factor or size < 16:
-        raise VqtError(f"--size {size}: expected a multiple of the model's factor {model.factor}, at least 16")
-    grid_path = Path(grid or Path(model_path).with_suffix("").as_posix() + "-eval.png")
-    if grid_path.exists() and not force:
-        raise VqtError(f"{grid_path} already exists; pass --force to overwrite or --grid for another path")
-    dataset = evaluation_dataset(data, size, model.model_config.in_channels, n)
-    bar = Bar("eval", "img")
-    try:
-        result = evaluate(model, dataset, batch_size, progress=bar.items(len(dataset)))
-    finally:
-        bar.close()
-    rows = [[a, b] for _, _, a, b in result["worst"]] + [[a, b] for _, _, a, b in result["best"]]
-    save_png(image_grid(rows), grid_path, force=force)
-    figures = {k: v for k, v in result.items() if k not in ("worst", "best")}
-    figures["grid"] = str(grid_path)
-    if as_json:
-        click.echo(json.dumps(figures, indent=2))
-        return
-    lp = "n/a (VGG weights not available)" if figures["lpips"] is None else f"{figures['lpips']:.4f}"
-    click.echo(f"images {figures['n']}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.4f} "
-               f"(data range 2)  LPIPS {lp}")
-    click.echo(f"codebook usage {figures['codebook_usage']:.1%}  perplexity {figures['perplexity']:.1f}")
-    click.echo(f"worst (top rows) and best reconstructions: {grid_path}")

@@ -29,8 +29,17 @@ def held_out_dataset(recipe: Recipe, channels: int) -> Dataset | None:
 
 
 def evaluation_dataset(data: str, size: int, channels: int, n: int) -> Dataset:
-    """What `vqt eval DATA` reads: a folder of images, or `n` items of a data source that makes its own
-    (a registered name such as 'synthetic' that is not a path on disk)."""
+    """What `vqt eval DATA` reads: a recipe's held-out set (DATA ends in .toml), `n` items of a data
+    source that makes its own (a registered name such as 'synthetic' that is not a path on disk), or a
+    folder of images."""
+    if data.endswith(".toml"):
+        from ..recipes import load_recipe
+
+        recipe = load_recipe(data)
+        dataset = held_out_dataset(recipe, channels)
+        if dataset is None:
+            raise DataError(f"{data} names no held-out data (data.val_root); pass a folder of images instead")
+        return dataset
     if data in get_plugin_manager().data_sources() and not Path(data).exists():
         config = DataConfig(source=data, size=size, val_n=n, num_workers=0)
         dataset = get_data_source(data).held_out(config, channels=channels, seed=EVALUATION_SEED)
