@@ -23,8 +23,9 @@ from ..images import image_grid, save_png, to_uint8
 from ..models.transformer import GPT, corrupt_tokens, image_loss
 from ..recipes import Recipe
 from ..tokens import TokenShards, fingerprint
-from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
-                   scaled_lr, seed_everything, setup_runtime)
+from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
+from .run_dir import RunDir
+from .runtime import Runtime, no_sync, scaled_lr
 from .stage1 import held_out_dataset, training_dataset
 
 
@@ -136,12 +137,8 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train the transformer as the recipe says; returns a summary (final step, held-out bits/token)."""
     cfg, t = recipe.train, recipe.transformer
-    rt = setup_runtime(cfg, device)
-    run = RunDir(out)
-    state = run.prepare(recipe, resume, force, rt)
-    if state is not None:
-        same_architecture(state, recipe, run, ("transformer", "condition"))
-    seed_everything(cfg.seed + rt.rank)
+    rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
+                               architecture=("transformer", "condition"))
 
     first = load_first_stage(recipe, rt.device)
     spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", rt.device)
