@@ -34,7 +34,7 @@ import time
 import torch
 
 from harness import F16_ARCH, isolated
-from vqtoolkit.train.loop import cpu_has_bf16
+from vqtoolkit.train.runtime import cpu_has_bf16
 
 
 def _configs(ch: int):

@@ -54,6 +54,44 @@ def _dump_rank_state(rank: int, world: int, port: int, recipe_path: str, out: st
     save_file(state, os.path.join(out, f"rank{rank}.safetensors"))
 
 
+def _agree_main(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of the loop's agreements: a signal or a non-finite loss on one rank stops them all."""
+    import json
+
+    from vqtoolkit.distributed import max_over_ranks
+    from vqtoolkit.train.loop import NonFiniteLoss, StopSignals, _window_means, check_finite
+    from vqtoolkit.train.runtime import Runtime
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        rt = Runtime(torch.device("cpu"), rank, world)
+        signals = StopSignals()
+        signals.received = "SIGTERM" if rank == 1 else None
+        try:
+            check_finite(torch.tensor(float("nan") if rank == 0 else 1.0), rt)
+            raised = False
+        except NonFiniteLoss:
+            raised = True
+        result = {"stop": signals.should_stop(rt), "raised": raised,
+                  "max": max_over_ranks(torch.tensor([rank, -rank])).tolist(),
+                  "means": _window_means([{"a": rank}, {"a": rank + 2.0}], rt)}
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_stopping_and_on_logged_means(tmp_path):
+    import json
+
+    mp.start_processes(_agree_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # window means 1 (rank 0: 0 and 2) and 2 (rank 1: 1 and 3); their mean over ranks is 1.5
+        assert result == {"stop": True, "raised": True, "max": [1, 0], "means": {"a": 1.5}}
+
+
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_two_process_gloo_matches_single_process(tmp_path, accumulate):
     recipe = write(tmp_path / "tiny.toml", TINY)

@@ -14,7 +14,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import VqtError
 from vqtoolkit.recipes import load_recipe
 from vqtoolkit.train import stage1
-from vqtoolkit.train import loop
+from vqtoolkit.train import runtime
 from vqtoolkit.train.loop import TrainingStopped
 
 from .conftest import logged, write
@@ -123,7 +123,7 @@ def test_memory_layout_does_not_change_training(recipe_path, tmp_path):
 
 
 def test_bf16_autocast_on_cpu(recipe_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
     for precision in ("fp32", "bf16"):
         result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / precision),
                          "--set", f"train.precision={precision}")
@@ -133,14 +133,14 @@ def test_bf16_autocast_on_cpu(recipe_path, tmp_path, monkeypatch):
 
 
 def test_keep_freed_memory_is_safe_anywhere(monkeypatch):
-    loop.keep_freed_memory()  # glibc here: sets two malloc parameters
-    monkeypatch.setattr(loop.sys, "platform", "win32")
-    monkeypatch.setattr(loop.ctypes, "CDLL", None)  # never reached off Linux
-    loop.keep_freed_memory()
+    runtime.keep_freed_memory()  # glibc here: sets two malloc parameters
+    monkeypatch.setattr(runtime.sys, "platform", "win32")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", None)  # never reached off Linux
+    runtime.keep_freed_memory()
 
 
 def test_bf16_on_a_cpu_without_it_is_a_clean_error(recipe_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     result = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "run"), "--device", "cpu",
                      "--set", "train.precision=bf16")
     assert result.exit_code == 1
@@ -219,6 +219,15 @@ def test_bad_data_and_device_are_clean_errors(recipe_path, tmp_path):
     if not torch.cuda.is_available():
         cuda = run_cli("train-stage1", str(recipe_path), "--out", str(tmp_path / "c"), "--device", "cuda")
         assert cuda.exit_code == 1 and "no CUDA device is available" in cuda.output
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (runtime.resolve_device("auto"), runtime.resolve_device("cpu")) == ("cpu", "cpu")
+    with pytest.raises(VqtError, match="--device cuda, but no CUDA device is available; use --device cpu or auto"):
+        runtime.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (runtime.resolve_device("auto"), runtime.resolve_device("cuda")) == ("cuda", "cuda")
 
 
 def test_unreadable_images_are_counted_or_stop_with_strict(recipe_path, tmp_path):

@@ -85,9 +85,9 @@ def test_compiled_training_matches_eager(first_stage, tmp_path, fast_compile):
 
 
 def test_bf16_autocast_on_cpu(first_stage, tmp_path, monkeypatch):
-    from vqtoolkit.train import loop
+    from vqtoolkit.train import runtime
 
-    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
     recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
     for precision in ("fp32", "bf16"):
         result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / precision),

@@ -73,7 +73,8 @@ def report(summary: dict[str, Any]) -> None:
     if summary.get("skipped_images"):
         names = summary["skipped_images"]
         click.echo(f"skipped {len(names)} unreadable image(s), e.g. {names[0]} (--strict stops at the first)")
-    figures = {k: summary[k] for k in ("psnr", "codebook_usage", "perplexity", "bits_per_token") if k in summary}
+    figures = {k: summary[k] for k in ("psnr", "codebook_usage", "perplexity", "bits_per_token", "gain_percent")
+               if k in summary}
     if figures:
         click.echo("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
@@ -100,13 +101,10 @@ def outputs_for(inputs: list[str], out: str, suffix: str, force: bool) -> list[P
 
 
 def device_for(name: str) -> str:
-    import torch
+    """--device NAME as a torch device string (auto: CUDA when present), or a clear error."""
+    from ..train.runtime import resolve_device
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VqtError("--device cuda, but no CUDA device is available; use --device cpu or auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 def parse_size(text: str) -> tuple[int, int]:

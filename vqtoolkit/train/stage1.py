@@ -14,17 +14,18 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..evaluation import evaluate
-from ..stage1 import Stage1Model
-from ..plugins import get_condition
-from ..stage2 import ConditionSpec
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..errors import RecipeError
+from ..evaluation import evaluate
 from ..images import image_grid, save_png, to_uint8
 from ..losses import VQLoss
+from ..plugins import get_condition
 from ..recipes import Recipe
-from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
-                   scaled_lr, seed_everything, setup_runtime)
+from ..stage1 import Stage1Model
+from ..stage2 import ConditionSpec
+from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
+from .run_dir import RunDir
+from .runtime import Runtime, no_sync, scaled_lr
 
 
 def stage1_datasets(recipe: Recipe, channels: int) -> tuple[Any, Any]:
@@ -57,12 +58,8 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     if recipe.data.size % recipe.model.factor:
         raise RecipeError(f"{recipe.path or 'recipe'}: data.size = {recipe.data.size} is not a multiple of the "
                           f"model's factor f = {recipe.model.factor}")
-    rt = setup_runtime(cfg, device)
-    run = RunDir(out)
-    state = run.prepare(recipe, resume, force, rt)
-    if state is not None:
-        same_architecture(state, recipe, run, ("model", "quantizer"))
-    seed_everything(cfg.seed + rt.rank)
+    rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
+                               architecture=("model", "quantizer"))
 
     render = to_uint8
     if recipe.condition.name:  # train the condition's own VQGAN (depth, segmentation, ...)

@@ -15,16 +15,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from ..stage1 import Stage1Model
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..data.tokens import TokenShards, fingerprint
 from ..errors import RecipeError
-from ..stage2 import ConditionSpec, Stage2Model, check_condition_grid, crop_window, prefix_length
+from ..evaluation_stage2 import likelihood_figures
 from ..images import image_grid, save_png, to_uint8
 from ..models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 from ..recipes import Recipe
-from .loop import (Job, ModelEMA, Progress, RunDir, Runtime, check_finite, fit, no_sync, same_architecture,
-                   scaled_lr, seed_everything, setup_runtime)
+from ..stage1 import Stage1Model
+from ..stage2 import ConditionSpec, Stage2Model, check_condition_grid, prefix_length
+from ..windows import Sequences
+from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
+from .run_dir import RunDir
+from .runtime import Runtime, no_sync, scaled_lr
 
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
@@ -101,47 +104,12 @@ def _schedule(recipe: Recipe) -> Any:
     return factor
 
 
-class Sequences:
-    """Turns a batch into (prefix, image tokens) of one training window each."""
-
-    def __init__(self, model: Stage2Model, generator: torch.Generator, train: bool = True) -> None:
-        self.model, self.generator, self.train = model, generator, train
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        if "codes" in batch:
-            codes = batch["codes"].to(device)  # (B, H, W)
-            cond = batch["cond"].to(device) if "cond" in batch else None
-        else:
-            codes = m.first_stage.encode(batch["image"].to(device))  # (B, H, W)
-            cond = m.condition.tokens(batch["cond_raw"].to(device)) if m.condition else None
-        if cond is not None and self.train:
-            cond = m.condition.train_tokens(cond, self.generator)
-        B, H, W = codes.shape
-        w = m.window
-        tops = torch.randint(H - w + 1, (B,), generator=self.generator).tolist()
-        lefts = torch.randint(W - w + 1, (B,), generator=self.generator).tolist()
-        image = torch.cat([crop_window(codes[b:b + 1], tops[b], lefts[b], w, w) for b in range(B)])  # (B, w·w)
-        if cond is None:
-            prefix = torch.full((B, 1), m.sos_token, dtype=torch.long, device=device)
-        elif cond.ndim == 3:
-            prefix = torch.cat([crop_window(cond[b:b + 1], tops[b], lefts[b], w, w) for b in range(B)])
-        else:
-            prefix = cond  # (B, L)
-        return prefix, image
-
-
 def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train the transformer as the recipe says; returns a summary (final step, held-out bits/token)."""
     cfg, t = recipe.train, recipe.transformer
-    rt = setup_runtime(cfg, device)
-    run = RunDir(out)
-    state = run.prepare(recipe, resume, force, rt)
-    if state is not None:
-        same_architecture(state, recipe, run, ("transformer", "condition"))
-    seed_everything(cfg.seed + rt.rank)
+    rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
+                               architecture=("transformer", "condition"))
 
     first = load_first_stage(recipe, rt.device)
     spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", rt.device)
@@ -203,27 +171,11 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     def summary() -> dict[str, Any]:
         if val_set is None:
             return {}
-        return {"bits_per_token": held_out_bits(model, ema.shadow if ema else gpt, val_set, recipe, rt)}
+        return likelihood_figures(model, val_set, ema.shadow if ema else gpt)
 
     job = Job(modules={"transformer": gpt}, optimizers={"transformer": opt}, schedulers={"lr": sched},
               step=step_fn, export=export, samples=samples, summary=summary, ema=ema, ema_of=gpt, lr=lr)
     return fit(job, recipe, rt, run, state, train_set, progress)
-
-
-@torch.no_grad()
-def held_out_bits(model: Stage2Model, gpt: GPT, val_set: Dataset, recipe: Recipe, rt: Runtime) -> float:
-    """Teacher-forced bits per image token on the held-out set (windows drawn from a fixed seed)."""
-    gpt.eval()
-    sequences = Sequences(model, torch.Generator().manual_seed(0), train=False)
-    losses = []
-    for start in range(0, len(val_set), recipe.train.batch_size):
-        items = [val_set[i] for i in range(start, min(start + recipe.train.batch_size, len(val_set)))]
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "cond_raw", "codes", "cond")
-                 if k in items[0]}
-        prefix, image = sequences(batch, rt.device)
-        logits = gpt(torch.cat([prefix, image], dim=1)[:, :-1])
-        losses.append(float(image_loss(logits, image, prefix.shape[1])) * len(items))
-    return float(np.sum(losses) / len(val_set) / math.log(2))
 
 
 @torch.no_grad()
