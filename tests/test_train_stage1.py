@@ -4,9 +4,11 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from vqtoolkit.api import Stage1Model
 from vqtoolkit.checkpoint import load_bundle
@@ -70,14 +72,18 @@ def test_train_writes_run_folder(recipe_path, tmp_path):
     result = run_cli("train-stage1", str(recipe_path), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "finished at step 4" in result.output and "held-out: psnr" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["last.safetensors", "metrics.jsonl", "recipe.toml",
-                                                     "samples", "state.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "last.safetensors", "metrics.jsonl",
+                                                     "recipe.toml", "samples", "state.safetensors"]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["reconstructions_0000002.png",
                                                                    "reconstructions_0000004.png"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records[:4]] == [1, 2, 3, 4]
-    assert records[2]["disc_loss"] > 0 and records[0].get("disc_loss", 0) == 0  # GAN on from step 2
+    train = [r for r in records if "val_psnr" not in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert train[2]["disc_loss"] > 0 and train[0].get("disc_loss", 0) == 0  # GAN on from step 2
     assert "val_psnr" in records[-1]
+    assert [r["step"] for r in records if "val_psnr" in r] == [2, 4]  # at every sample step, and the summary
+    curves = np.asarray(Image.open(out / "curves.png"))
+    assert curves.ndim == 3 and curves.shape[0] >= 170 and curves.shape[1] >= 300  # at least one panel
     model = Stage1Model.load(out / "last.safetensors")
     assert model.factor == 2 and model.encode(torch.zeros(1, 3, 16, 16)).shape == (1, 8, 8)
     assert load_recipe(out / "recipe.toml").model == load_recipe(recipe_path).model
