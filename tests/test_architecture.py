@@ -1,4 +1,5 @@
-"""Architecture rules, read from the source with `ast` (the modules under test are never imported).
+"""Architecture rules, read from the source with `ast`: the modules under test are parsed, not
+imported (only the plugin registry is asked for the names of the conditions).
 
 - Imports point one way: the modules of `vqtoolkit/` import each other without a cycle.
 - The core never names a modality: no string literal in `vqtoolkit/` is a registered condition's name.

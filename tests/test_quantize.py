@@ -6,6 +6,7 @@ import torch
 
 from vqtoolkit.errors import VqtError
 from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer, build_quantizer
+from vqtoolkit.recipes import QuantizerConfig
 
 VARIANTS = {
     "reference": dict(kind="vq", codebook_dim=0, l2_normalize=False, restart_dead=False, legacy_beta=True),
@@ -177,8 +178,7 @@ def test_build_quantizer_errors():
 
 
 def test_build_quantizer_accepts_every_recipe_default():
-    recipes = pytest.importorskip("vqtoolkit.recipes")
-    options = dataclasses.asdict(recipes.QuantizerConfig())
+    options = dataclasses.asdict(QuantizerConfig())
     options.pop("kind")
     for kind in ("vq", "gumbel"):
         assert build_quantizer(kind, **options).n_codes == options["n_codes"]
