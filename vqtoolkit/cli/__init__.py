@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import VqtError
 from .evaluate import eval_command
 from .stage1 import decode_command, encode_command, train_stage1_command
