@@ -1,4 +1,5 @@
-"""vqtoolkit's built-in conditioning modalities (import name `vqtoolkit_plugins`).
+"""vqtoolkit's built-in plugins (import name `vqtoolkit_plugins`): the conditioning modalities, and `taming`.
 
-Each module is an entry of the `vqtoolkit` entry-point group, exactly as a third-party plugin would be.
+Each module (and the `taming` package, which adds `vqt convert`) is an entry of the `vqtoolkit` entry-point
+group, exactly as a third-party plugin would be.
 """

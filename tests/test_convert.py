@@ -25,9 +25,10 @@ from torch import Tensor
 
 from vqtoolkit.api import Stage1Model
 from vqtoolkit.checkpoint import load_bundle, load_state
-from vqtoolkit.convert import Placeholder, convert_checkpoint, load_checkpoint
 from vqtoolkit.errors import CheckpointError, RecipeError, VqtError
 from vqtoolkit.models.transformer import GPT, GPTConfig
+from vqtoolkit_plugins.taming.convert import convert_checkpoint
+from vqtoolkit_plugins.taming.safe_pickle import Placeholder, load_checkpoint
 
 # ---- the reference layout, by hand --------------------------------------------------------------
 

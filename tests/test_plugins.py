@@ -8,7 +8,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import PluginError
 
 BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}  # built-in conditions
-BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic"}  # plus the built-in data sources and commands
+BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming"}  # plus data sources and commands
 
 NORMALS = """
 from vqtoolkit.conditions import Condition
@@ -34,19 +34,19 @@ def vqt_register_commands(cli):
 
 def test_builtins_registered_through_entry_points():
     manager = plugins.get_plugin_manager()
-    assert {p.name for p in manager.plugins} >= BUILTINS
-    assert all(p.source == "built-in" for p in manager.plugins if p.name in BUILTINS)
+    assert {p.name for p in manager.plugins} >= BUILTIN_PLUGINS
+    assert all(p.source == "built-in" for p in manager.plugins if p.name in BUILTIN_PLUGINS)
     assert set(plugins.registered()) == BUILTINS
 
 
 def test_plugins_command_lists_builtins():
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0, result.output
-    for name in BUILTINS:
+    for name in BUILTIN_PLUGINS:
         assert name in result.output
     data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
     assert set(data["conditions"]) == BUILTINS
-    assert {p["name"] for p in data["plugins"]} >= BUILTINS
+    assert {p["name"] for p in data["plugins"]} >= BUILTIN_PLUGINS
 
 
 def test_third_party_plugin_is_listed_and_adds_command(install_plugin):
@@ -100,6 +100,25 @@ def test_vqt_load_plugins_empty_loads_only_builtins(install_plugin, monkeypatch)
     monkeypatch.setenv("VQT_LOAD_PLUGINS", "normals")
     plugins.reset()
     assert "normals" in {p.name for p in plugins.get_plugin_manager().plugins}
+
+
+def test_convert_is_the_builtin_plugin_taming_even_with_only_builtins(monkeypatch):
+    import vqtoolkit_plugins.taming
+
+    monkeypatch.delitem(cli.commands, "convert", raising=False)  # added by an earlier test's manager
+    monkeypatch.setenv("VQT_LOAD_PLUGINS", "")
+    plugins.reset()
+    result = CliRunner().invoke(cli, ["convert", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Import a taming-transformers checkpoint (.ckpt) safely" in result.output
+    assert cli.commands["convert"] is vqtoolkit_plugins.taming.convert_command
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("taming "))
+    assert row.split() == ["taming", "built-in", "vqt_register_commands"]
+    data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    entry = next(p for p in data["plugins"] if p["name"] == "taming")
+    assert (entry["source"], entry["hooks"], entry["conditions"]) == ("built-in", ["vqt_register_commands"], [])
 
 
 def test_duplicate_condition_names_both_plugins(install_plugin):

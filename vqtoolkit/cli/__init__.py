@@ -18,7 +18,7 @@ from ..errors import VqtError
 from .evaluate import eval_command
 from .stage1 import decode_command, encode_command, train_stage1_command
 from .stage2 import sample_command, tokenize_command, train_stage2_command
-from .tools import convert_command, plugins_command
+from .tools import plugins_command
 
 
 class VqtGroup(click.Group):
@@ -71,7 +71,7 @@ def cli(debug: bool) -> None:
 
 
 for _command in (train_stage1_command, encode_command, decode_command, eval_command, tokenize_command,
-                 train_stage2_command, sample_command, plugins_command, convert_command):
+                 train_stage2_command, sample_command, plugins_command):
     cli.add_command(_command)
 
 

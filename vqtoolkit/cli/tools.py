@@ -1,4 +1,4 @@
-"""Tool commands: list plugins; import reference checkpoints."""
+"""Tool commands: list what the plugins add."""
 
 from __future__ import annotations
 
@@ -35,22 +35,3 @@ def plugins_command(as_json: bool) -> None:
             click.echo(f"  {name:<{width}}  {r['description']}")
     if listing["error"]:
         click.echo(f"\nError: {listing['error']}", err=True)
-
-
-@click.command("convert")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output bundle (.safetensors).")
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="The reference YAML config published with the checkpoint (read as plain data).")
-@click.option("--condition", default=None, help="What a VQGAN condition stage encodes (e.g. depth).")
-@click.option("--n-head", type=click.IntRange(min=1), default=None,
-              help="Transformer attention heads, when no config says so.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def convert_command(checkpoint: str, out: str, config: str | None, condition: str | None, n_head: int | None,
-                    force: bool) -> None:
-    """Import a taming-transformers checkpoint (.ckpt) safely, without running code from it."""
-    from ..convert import convert_checkpoint
-
-    report = convert_checkpoint(checkpoint, out, config=config, force=force, condition=condition, n_head=n_head)
-    click.echo(report.summary())
-    click.echo(f"wrote {out}")
