@@ -97,6 +97,24 @@ def test_bf16_autocast_on_cpu(first_stage, tmp_path, monkeypatch):
     assert sum(bf16, ()) == pytest.approx(sum(fp32, ()), rel=0.02)  # bf16 rounding, same training
 
 
+def test_resume_refuses_a_new_architecture_but_takes_new_training_settings(first_stage, tmp_path):
+    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    out = tmp_path / "run"
+
+    def train(*sets: str, resume: bool = True):
+        args = ["train-stage2", str(recipe), "--out", str(out), *(["--resume"] if resume else [])]
+        return CliRunner().invoke(cli, args + [a for s in sets for a in ("--set", s)])
+
+    assert train("train.max_steps=2", resume=False).exit_code == 0
+    deeper = train("train.max_steps=3", "transformer.n_layer=2")
+    assert deeper.exit_code == 1 and "the recipe's [transformer] differs from the run" in deeper.output
+    resumed = train("train.max_steps=3", "transformer.warmup_steps=10", "transformer.cosine_schedule=true",
+                    "transformer.pkeep=0.9", "transformer.weight_decay=0.1", "transformer.resid_pdrop=0.1")
+    assert resumed.exit_code == 0, resumed.output
+    # The new warmup steers the resumed step: lr = 1e-4 x batch 4 x factor(3), factor(3) = (3 + 1) / 10
+    assert [lr for step, lr in logged(out, "lr") if step == 3] == [pytest.approx(4e-4 * 0.4)]
+
+
 @pytest.mark.parametrize("size, grid", [("16x16", (4, 4)), ("44x24", (6, 11))])
 def test_sample_any_size(trained, tmp_path, size, grid):
     out = tmp_path / "samples"

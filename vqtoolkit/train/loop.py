@@ -62,7 +62,11 @@ def start_run(recipe: Recipe, out: str | Path, *, resume: bool, force: bool, dev
 # ---- weights EMA ------------------------------------------------------------------------------
 
 class ModelEMA:
-    """Exponential moving average of a module's parameters and buffers (for sampling and eval)."""
+    """Exponential moving average of a module's parameters and buffers (for sampling and eval).
+
+    It sits with the loop, not in state.py: the loop updates it after every good step and saves it in
+    the training state; a stage only creates it and hands it over in its `Job`.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay

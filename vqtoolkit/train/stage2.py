@@ -104,12 +104,19 @@ def _schedule(recipe: Recipe) -> Any:
     return factor
 
 
+# What a resume must not change: the keys that shape the GPT or the tokens it reads. [transformer]'s
+# other keys (pkeep, weight_decay, warmup_steps, cosine_schedule, dropouts) only steer training; a
+# resumed optimizer keeps its saved weight_decay, though (torch restores param-group settings).
+ARCHITECTURE = ("transformer.first_stage", "transformer.n_layer", "transformer.n_head", "transformer.n_embd",
+                "transformer.window", "condition")
+
+
 def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train the transformer as the recipe says; returns a summary (final step, held-out bits/token)."""
     cfg, t = recipe.train, recipe.transformer
     rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
-                               architecture=("transformer", "condition"))
+                               architecture=ARCHITECTURE)
 
     first = load_first_stage(recipe, rt.device)
     spec = ConditionSpec.from_config(recipe.condition, recipe.path or "recipe", rt.device)

@@ -59,10 +59,18 @@ def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(param).copy_(value)
 
 
-def same_architecture(state: dict[str, Any], recipe: Recipe, run: RunDir, sections: tuple[str, ...]) -> None:
-    """Refuse to resume a run with a recipe whose model sections changed."""
+def same_architecture(state: dict[str, Any], recipe: Recipe, run: RunDir, keys: tuple[str, ...]) -> None:
+    """Refuse to resume a run with a recipe that changed what shapes its model.
+
+    Each of `keys` is a whole recipe section ("model") or one key of one ("transformer.n_layer"), so a
+    section that mixes architecture with training settings can name only the former.
+    """
     now = recipe_to_dict(recipe)
-    for section in sections:
-        if state["recipe"].get(section) != now[section]:
+    for key in keys:
+        section, _, name = key.partition(".")
+        before, after = state["recipe"].get(section), now[section]
+        if name:
+            before, after = (before or {}).get(name), after[name]
+        if before != after:
             raise VqtError(f"--resume: the recipe's [{section}] differs from the run in {run.path} "
                            f"(see {run.recipe}); resume with the same recipe or start a new --out")
