@@ -204,3 +204,37 @@ def test_patchgan_layout_and_actnorm_init():
     torch.testing.assert_close(normed.std(1), torch.ones(16), atol=1e-4, rtol=0)
     with pytest.raises(VqtError, match="'actnorm' or 'batchnorm'"):
         tiny_loss(disc_norm="layernorm")
+
+
+def test_l2_weight_adds_a_squared_error_beside_l1():
+    loss_fn = tiny_loss(pixel_weight=1.0, l2_weight=3.0, disc_start=10)
+    x, y = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+    loss, logs = loss_fn.generator_loss(x, y, torch.tensor(0.0), torch.zeros(1), step=0)
+    assert logs["rec_loss"].item() == 0.5  # the L1 term alone
+    assert logs["nll_loss"].item() == pytest.approx(0.5 + 3.0 * 0.25) and loss.item() == pytest.approx(1.25)
+
+
+def test_lecam_regulariser_by_hand():
+    from vqtoolkit.losses import LeCam
+
+    lecam = LeCam(decay=0.9)
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-2.0, 0.0])
+    # the first batch sets the anchors: ema_real = 2, ema_fake = -1
+    assert lecam(real, fake).item() == pytest.approx((2.0**2 + 4.0**2) / 2 + (4.0**2 + 2.0**2) / 2)
+    assert (lecam.ema_real.item(), lecam.ema_fake.item()) == (2.0, -1.0)
+    lecam(torch.tensor([4.0]), torch.tensor([1.0]))  # then EMAs: 0.9 old + 0.1 new
+    assert lecam.ema_real.item() == pytest.approx(2.2) and lecam.ema_fake.item() == pytest.approx(-0.8)
+    assert set(lecam.state_dict()) == {"ema_real", "ema_fake", "initialized"}
+
+
+def test_lecam_weight_joins_the_discriminator_loss():
+    loss_fn = tiny_loss(lecam_weight=0.5, disc_factor=2.0)
+    plain = tiny_loss(disc_factor=2.0)
+    assert plain.lecam is None and "lecam" not in dict(plain.named_children())
+    for fn in (loss_fn, plain):
+        fn.discriminator = torch.nn.Identity()  # logits = pixels
+    real, fake = torch.tensor([[1.0, 3.0]]), torch.tensor([[-2.0, 0.0]])
+    loss, logs = loss_fn.discriminator_loss(real, fake, step=0)
+    base, base_logs = plain.discriminator_loss(real, fake, step=0)
+    assert logs["lecam_loss"].item() == pytest.approx(20.0) and "lecam_loss" not in base_logs
+    assert loss.item() == pytest.approx(base.item() + 2.0 * 0.5 * 20.0)

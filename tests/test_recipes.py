@@ -84,5 +84,30 @@ def test_unknown_keys_always_named(table):
         recipe_from_dict({"train": table})
     except RecipeError as e:
         bad = [k for k in table if k not in known]
-        assert bad, "only unknown keys or invalid values may fail"
+        assert bad or "is invalid" in str(e), "only unknown keys or invalid values may fail"
         assert "train." in str(e)
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"train": {"warmup_steps": -1}}, r"train.warmup_steps = -1 is invalid: expected an integer >= 0"),
+    ({"train": {"lr_schedule": "linear"}}, r"train.lr_schedule = 'linear' is invalid: expected one of 'constant', 'cosine'"),
+    ({"loss": {"l2_weight": -1.0}}, r"loss.l2_weight = -1.0 is invalid: expected a number >= 0"),
+    ({"loss": {"l2_weight": 1.0, "pixel_loss": "bce"}}, r"loss.l2_weight = 1.0 is invalid: expected 0 with pixel_loss = 'bce'"),
+    ({"loss": {"lecam_weight": -0.1}}, r"loss.lecam_weight = -0.1 is invalid"),
+    ({"loss": {"lecam_decay": 1.0}}, r"loss.lecam_decay = 1.0 is invalid: expected a number in \(0, 1\)"),
+    ({"transformer": {"warmup_steps": -5}}, r"transformer.warmup_steps = -5 is invalid"),
+    ({"train": {"warmup_steps": 10}, "transformer": {"warmup_steps": 50}},
+     r"train.warmup_steps = 10 and transformer.warmup_steps = 50 are both set"),
+])
+def test_schedule_and_loss_keys_are_checked(table, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(table)
+
+
+def test_schedule_and_loss_keys_default_off():
+    r = Recipe()
+    assert r.train.warmup_steps == 0 and r.train.lr_schedule == "constant"
+    assert r.loss.l2_weight == 0 and r.loss.lecam_weight == 0
+    r = recipe_from_dict({"train": {"warmup_steps": 20, "lr_schedule": "cosine"},
+                          "loss": {"l2_weight": 1, "lecam_weight": 0.1, "lecam_decay": 0.9}})
+    assert (r.train.warmup_steps, r.train.lr_schedule, r.loss.l2_weight, r.loss.lecam_weight) == (20, "cosine", 1.0, 0.1)

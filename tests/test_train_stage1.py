@@ -255,3 +255,29 @@ def test_unreadable_images_are_counted_or_stop_with_strict(recipe_path, tmp_path
     strict = run_cli(*args, "--out", str(tmp_path / "strict"), "--strict")
     assert strict.exit_code == 1 and ("6.png" in strict.output or "7.jpg" in strict.output)
     assert "Traceback" not in strict.output
+
+
+def test_lr_warmup_then_cosine_is_logged(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(out), "--set", "train.warmup_steps=2",
+                     "--set", "train.lr_schedule='cosine'")
+    assert result.exit_code == 0, result.output
+    peak = 1e-4 * 4  # base_learning_rate x batch_size
+    # steps 0, 1 warm up (1/2, 2/2); then the cosine over the 2 remaining steps: cos(0), cos(pi/2)
+    assert [lr for _, lr in logged(out, "lr")] == pytest.approx([peak / 2, peak, peak, peak / 2])
+
+
+def test_resume_is_exact_with_a_schedule_and_lecam(recipe_path, tmp_path):
+    settings = ["--set", "train.warmup_steps=2", "--set", "train.lr_schedule='cosine'",
+                "--set", "loss.lecam_weight=0.5", "--set", "loss.l2_weight=1.0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(straight), *settings).exit_code == 0
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(split), *settings,
+                   "--set", "train.max_steps=3").exit_code == 0  # the GAN and LeCAM are on from step 2
+    result = run_cli("train-stage1", str(recipe_path), "--out", str(split), *settings, "--resume")
+    assert result.exit_code == 0, result.output
+    a, b = load_bundle(straight / "last.safetensors"), load_bundle(split / "last.safetensors")
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    assert logged(straight, "lecam_loss", "lr") == logged(split, "lecam_loss", "lr")
+    assert len(logged(straight, "lecam_loss")) == 2

@@ -204,3 +204,18 @@ def test_interrupted_tokenize_resumes(tmp_path):
     assert run()["count"] == 10
     shards = tokens.TokenShards(tmp_path / "t")
     assert [int(shards[i]["codes"][0, 0]) for i in range(10)] == list(range(10))
+
+
+def test_schedule_keys_of_both_names_give_one_schedule():
+    import math
+
+    from vqtoolkit.recipes import recipe_from_dict
+    from vqtoolkit.train.stage2 import _schedule
+
+    old = recipe_from_dict({"transformer": {"warmup_steps": 2, "cosine_schedule": True}, "train": {"max_steps": 6}})
+    new = recipe_from_dict({"train": {"warmup_steps": 2, "lr_schedule": "cosine", "max_steps": 6}})
+    want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert [_schedule(old)(s) for s in range(6)] == pytest.approx(want)
+    assert [_schedule(new)(s) for s in range(6)] == pytest.approx(want)
+    constant = recipe_from_dict({"transformer": {"warmup_steps": 4}, "train": {"max_steps": 6}})
+    assert [_schedule(constant)(s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .distributed import mean_over_ranks
 from .errors import VqtError
 from .models.discriminator import NLayerDiscriminator
-from .recipes import LossConfig
+from .config import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,43 @@ def vanilla_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
 _D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 
 
+class LeCam(nn.Module):
+    """LeCAM regulariser (Tseng et al. 2021, "Regularizing Generative Adversarial Networks under
+    Limited Data"): keeps the discriminator's logits near EMAs of its own past mean logits,
+
+        R = mean(relu(D(real) - ema_fake)^2) + mean(relu(ema_real - D(fake))^2),
+
+    as the authors' code. It bounds how far apart real and fake logits drift, so the discriminator
+    cannot become overconfident and hand the decoder large, artifact-making gradients. The EMAs are
+    buffers (saved with the training state); they start at the first batch's means, which are taken
+    over all ranks under torch.distributed so every rank keeps the same anchors.
+    """
+
+    def __init__(self, decay: float = 0.99) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("ema_real", torch.zeros(()))
+        self.register_buffer("ema_fake", torch.zeros(()))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
+        means = mean_over_ranks(torch.stack([logits_real.mean(), logits_fake.mean()]).float())
+        if not self.initialized.item():
+            self.ema_real.copy_(means[0])
+            self.ema_fake.copy_(means[1])
+            self.initialized.fill_(1)
+        else:
+            self.ema_real.lerp_(means[0], 1.0 - self.decay)
+            self.ema_fake.lerp_(means[1], 1.0 - self.decay)
+
+    def forward(self, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+        """Update the EMAs with this batch, then the regulariser (a scalar)."""
+        self.update(logits_real, logits_fake)
+        return (F.relu(logits_real - self.ema_fake).pow(2).mean()
+                + F.relu(self.ema_real - logits_fake).pow(2).mean())
+
+
 def _pixel_loss(kind: str, inputs: Tensor, recon: Tensor) -> Tensor:
     """Mean L1 or L2 error; "bce": `recon` are logits of one-hot `inputs` (segmentation VQGANs)."""
     if kind == "bce":
@@ -104,6 +141,10 @@ class VQLoss(nn.Module):
         self.disc_start = config.disc_start
         self.disc_weight = config.disc_weight
         self.disc_factor = config.disc_factor
+        self.l2_weight = config.l2_weight
+        self.lecam_weight = config.lecam_weight
+        # present only when used, so training states without LeCAM keep their layout
+        self.lecam = LeCam(config.lecam_decay) if config.lecam_weight > 0 else None
         self.d_loss = _D_LOSSES[config.disc_loss]
         self.perceptual = load_lpips(config.perceptual_backbone) if config.perceptual_weight > 0 else None
         self.discriminator = NLayerDiscriminator(config.disc_in_channels, config.disc_ndf, config.disc_layers,
@@ -140,6 +181,8 @@ class VQLoss(nn.Module):
         """
         pixel = _pixel_loss(self.pixel_loss, inputs.float(), recon.float())
         nll = self.pixel_weight * pixel
+        if self.l2_weight > 0:  # beside the pixel loss: PSNR is a squared-error measure
+            nll = nll + self.l2_weight * _pixel_loss("l2", inputs.float(), recon.float())
         p_loss = torch.zeros((), device=recon.device)
         if self.perceptual is not None:
             p_loss = self.perceptual(inputs.float(), recon.float()).mean()  # (B, 1, 1, 1) -> ()
@@ -205,6 +248,12 @@ class VQLoss(nn.Module):
         disc = discriminator if discriminator is not None else self.discriminator
         logits_real = disc(inputs.detach()).float()
         logits_fake = (disc(recon_detached.detach()) if fake_logits is None else fake_logits).float()
-        loss = self.disc_factor * self.d_loss(logits_real, logits_fake)
+        loss = self.d_loss(logits_real, logits_fake)
+        logs = {}
+        if self.lecam is not None:
+            lecam = self.lecam(logits_real, logits_fake)
+            loss = loss + self.lecam_weight * lecam
+            logs["lecam_loss"] = lecam.detach()
+        loss = self.disc_factor * loss
         return loss, {"disc_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
-                      "logits_fake": logits_fake.detach().mean()}
+                      "logits_fake": logits_fake.detach().mean(), **logs}

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..distributed import in_process_group, sum_over_ranks
 from ..errors import VqtError
 from ..metrics import perplexity
-from ..recipes import QuantizerConfig
+from ..config import QuantizerConfig
 
 
 def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ may this CPU run bf16, how large is the world), so the answers live here, apart 
 from __future__ import annotations
 
 import contextlib
+import math
 import ctypes
 import os
 import platform
@@ -110,6 +111,17 @@ def cpu_has_bf16() -> bool:
 def scaled_lr(cfg: TrainConfig, world_size: int) -> float:
     """The reference code's rule: lr = base_lr × batch size × accumulation × number of processes."""
     return cfg.base_learning_rate * cfg.batch_size * cfg.accumulate * world_size
+
+
+def lr_factor(step: int, max_steps: int, warmup_steps: int = 0, schedule: str = "constant") -> float:
+    """The learning rate at `step` (0-based) as a fraction of the peak: a linear warm-up over
+    `warmup_steps`, then constant or a cosine down to 0 at `max_steps`. Both stages use it."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
 
 
 def no_sync(module: nn.Module, defer: bool) -> contextlib.AbstractContextManager:

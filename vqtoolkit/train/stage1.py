@@ -25,7 +25,7 @@ from ..stage1 import Stage1Model
 from ..stage2 import ConditionSpec
 from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
 from .run_dir import RunDir
-from .runtime import Runtime, no_sync, scaled_lr
+from .runtime import Runtime, lr_factor, no_sync, scaled_lr
 
 
 def stage1_datasets(recipe: Recipe, channels: int) -> tuple[Any, Any]:
@@ -85,13 +85,19 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     disc_ddp = DDP(disc) if rt.distributed else disc
 
     def step_fn(step: int, next_batch: Any) -> dict[str, float]:
+        # The schedule is a function of the step, so a resumed run follows it without saved state. The
+        # discriminator keeps the constant lr: it starts late (disc_start), when a decayed lr would leave
+        # it too slow to follow the autoencoder.
+        ae_lr = lr * lr_factor(step, cfg.max_steps, cfg.warmup_steps, cfg.lr_schedule)
+        for group in opt_ae.param_groups:
+            group["lr"] = ae_lr
         opt_ae.zero_grad(set_to_none=True)
         opt_disc.zero_grad(set_to_none=True)
         vqgan.quantize.set_step(step)
         vqgan.train()
         loss_fn.train()
         disc_on = loss_fn.discriminator_active(step)
-        logs: dict[str, float] = {}
+        logs: dict[str, float] = {"lr": ae_lr}
         for micro in range(cfg.accumulate):
             image = next_batch()["image"].to(rt.device, non_blocking=True)
             x = image.contiguous(memory_format=loss_format)
@@ -140,7 +146,10 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
         figures = evaluate(trained(), val_set, cfg.batch_size)
         return {k: figures[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")}
 
-    job = Job(modules={"vqgan": vqgan, "discriminator": disc}, optimizers={"ae": opt_ae, "disc": opt_disc},
+    modules = {"vqgan": vqgan, "discriminator": disc}
+    if loss_fn.lecam is not None:  # LeCAM's logit EMAs resume with the discriminator
+        modules["lecam"] = loss_fn.lecam
+    job = Job(modules=modules, optimizers={"ae": opt_ae, "disc": opt_disc},
               step=step_fn, export=export, samples=samples, summary=summary, ema=ema, ema_of=vqgan, lr=lr)
     return fit(job, recipe, rt, run, state, train_set, progress)
 

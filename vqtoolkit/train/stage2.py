@@ -6,6 +6,7 @@ spatial condition's grid), so the model can later slide that window over larger 
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..stage2 import ConditionSpec, Stage2Model, check_condition_grid, prefix_le
 from ..windows import Sequences
 from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
 from .run_dir import RunDir
-from .runtime import Runtime, no_sync, scaled_lr
+from .runtime import Runtime, lr_factor, no_sync, scaled_lr
 
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
@@ -91,17 +92,12 @@ def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None, gl
 
 
 def _schedule(recipe: Recipe) -> Any:
-    t, steps = recipe.transformer, recipe.train.max_steps
-
-    def factor(step: int) -> float:
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.cosine_schedule:
-            progress = (step - t.warmup_steps) / max(1, steps - t.warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return factor
+    """train.warmup_steps / train.lr_schedule; transformer.warmup_steps / cosine_schedule are their
+    older stage-2 names and still count (Recipe refuses two warm-ups)."""
+    t, cfg = recipe.transformer, recipe.train
+    warmup = cfg.warmup_steps or t.warmup_steps
+    schedule = "cosine" if t.cosine_schedule else cfg.lr_schedule
+    return functools.partial(lr_factor, max_steps=cfg.max_steps, warmup_steps=warmup, schedule=schedule)
 
 
 # What a resume must not change: the keys that shape the GPT or the tokens it reads. [transformer]'s
