@@ -25,6 +25,8 @@ demo: $(BIN)/.installed
 	$(BIN)/vqt train-stage2 recipes/quickstart-depth.toml --force
 	$(BIN)/vqt scene --size 1024x576 --seed 7 -o demo/scene --force
 	$(BIN)/vqt sample --model runs/quickstart-depth/last.safetensors --cond demo/scene/depth.png --size 1024x576 -o demo/depth --force
+	$(BIN)/vqt eval recipes/quickstart-depth.toml --model runs/quickstart-depth/last.safetensors \
+		--baseline runs/quickstart-stage2/last.safetensors --n 256 --grid demo/depth-eval.png --force
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

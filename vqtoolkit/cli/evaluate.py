@@ -23,7 +23,8 @@ from .options import Bar, device_for
 @click.option("--size", type=int, default=None,
               help="Centre-crop size (default: stage 1 the model's resolution, stage 2 its window).")
 @click.option("--n", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Number of items when DATA names a data source that makes its own (e.g. 'synthetic').")
+              help="Number of items of generated data: DATA 'synthetic', or a recipe whose source makes its "
+                   "own (its data.val_n).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--grid", type=click.Path(dir_okay=False), default=None,
               help="PNG to write (default: <model>-eval-<data>.png): stage 1 the worst and best "

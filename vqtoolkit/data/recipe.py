@@ -35,7 +35,7 @@ def evaluation_dataset(data: str, size: int, channels: int, n: int) -> Dataset:
     if data.endswith(".toml"):
         from ..recipes import load_recipe
 
-        recipe = load_recipe(data)
+        recipe = load_recipe(data, [f"data.val_n={n}"])  # generated sources: n held-out items
         dataset = held_out_dataset(recipe, channels)
         if dataset is None:
             raise DataError(f"{data} names no held-out data (data.val_root); pass a folder of images instead")
