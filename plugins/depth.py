@@ -3,6 +3,10 @@
 Each map is normalised on its own to [-1, 1] (as the reference code does), so only relative depth
 matters and a metric map, a 16-bit sensor PNG and a float TIFF all work. Values are used as stored:
 train and sample with the same convention (the synthetic scenes store distance, larger = farther).
+A training crop is normalised by its whole map's range, as the reference normalises before it
+crops: a crop of the sky then reads as far, as the same place does in a whole map at sampling time.
+The range is the item's `full_range` when it has one (synthetic crops of large scenes), else the
+whole paired file's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from vqtoolkit.images import load_array
 from ._common import check_channels, check_size, grey_picture, missing, paired
 
 
-def normalise(depth: torch.Tensor) -> torch.Tensor:
-    """(H, W) depth -> (1, H, W) in [-1, 1] by its own min and max; a constant map gives zeros."""
+def normalise(depth: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """(H, W) depth -> (1, H, W) in [-1, 1] by its own min and max, or by `value_range` (lo, hi)
+    of the whole map it was cut from; a constant map gives zeros."""
     depth = depth.float()
-    lo, hi = depth.min(), depth.max()
+    lo, hi = (depth.min(), depth.max()) if value_range is None else (float(value_range[0]), float(value_range[1]))
     if float(hi - lo) < 1e-8:
         return torch.zeros(1, *depth.shape)
     return ((depth - lo) / (hi - lo) * 2 - 1)[None]  # (1, H, W)
@@ -37,10 +42,19 @@ class DepthCondition(Condition):
         return 1
 
     def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
-        depth = paired(item, self.name, load_array, mode="bilinear")
+        ranges: list[tuple[float, float]] = []  # a paired file's whole range, seen as it is loaded
+
+        def load(path: str) -> np.ndarray:
+            whole = load_array(path)
+            ranges.append((float(whole.min()), float(whole.max())))
+            return whole
+
+        depth = paired(item, self.name, load, mode="bilinear")
         if depth is None:
             raise missing(item, self.name, "depth")
-        return normalise(torch.from_numpy(depth))
+        full = item.get("full_range", {}).get(self.name)
+        value_range = tuple(float(v) for v in full) if full is not None else (ranges[0] if ranges else None)
+        return normalise(torch.from_numpy(np.asarray(depth)), value_range)
 
     def read(self, spec: str, size: tuple[int, int], options: Any) -> torch.Tensor:
         """A depth map: 16-bit PNG, float TIFF or .npy (H, W), of exactly the sample size."""

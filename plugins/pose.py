@@ -114,7 +114,7 @@ def read_keypoints(path: str, size: tuple[int, int]) -> list[np.ndarray]:
 
 def _paired_pose(item: dict[str, Any], path: str) -> torch.Tensor:
     """A paired pose file (.json, or a rendered .png) cut like the item's image."""
-    h, w, nh, nw, top, left, flip = (int(v) for v in item["crop"])
+    h, w, nh, nw, top, left, flip, size = (int(v) for v in item["crop"])
     if Path(path).suffix.lower() != ".json":
         limbs = crop_like(load_image(path, 3), item["crop"], mode="nearest", what=f"pose file {path}")
         return to_tensor(limbs)
@@ -123,8 +123,8 @@ def _paired_pose(item: dict[str, Any], path: str) -> torch.Tensor:
         kp = kp.copy()  # pixel centres: x -> (x + 0.5) * nw / w - 0.5, then shifted by the crop
         kp[:, 0] = (kp[:, 0] + 0.5) * nw / w - 0.5 - left
         kp[:, 1] = (kp[:, 1] + 0.5) * nh / h - 0.5 - top
-        people.append(flip_pose(kp, min(nh, nw)) if flip else kp)
-    return render_limbs(people, min(nh, nw), min(nh, nw))
+        people.append(flip_pose(kp, size) if flip else kp)
+    return render_limbs(people, size, size)
 
 
 class PoseCondition(Condition):

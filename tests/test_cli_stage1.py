@@ -89,6 +89,24 @@ def test_eval_json_and_grid(bundle, tmp_path):
     assert 0 < figures["codebook_usage"] <= 1 and grid.is_file()
 
 
+def test_eval_recipe_on_crops_of_graded_scenes(bundle, tmp_path):
+    """`vqt eval RECIPE` scores on the recipe's held-out set, with its data.scene_size and data.world
+    (the old `vqt eval synthetic --scene-size --world` options are the recipe's keys now)."""
+    from vqtoolkit.data.recipe import HELD_OUT_SEED_OFFSET
+    from vqtoolkit.evaluation import evaluate
+    from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
+
+    recipe = tmp_path / "crops.toml"
+    recipe.write_text('[data]\nsource = "synthetic"\nsize = 32\nval_n = 4\nscene_size = [128, 72]\n'
+                      'world = "graded"\n[train]\nseed = 3\n')
+    result = CliRunner().invoke(cli, ["eval", str(recipe), "--model", str(bundle), "--size", "32", "--json",
+                                      "--grid", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output[result.output.index("{"):])
+    crops = SyntheticScenes(4, 32, seed=3 + HELD_OUT_SEED_OFFSET, train=False, scene_size=(72, 128), world="graded")
+    assert figures["psnr"] == pytest.approx(evaluate(Stage1Model.load(bundle), crops, 8)["psnr"])
+
+
 def test_errors_are_one_line_and_debug_shows_traceback(tmp_path):
     missing = str(tmp_path / "missing.safetensors")
     result = CliRunner().invoke(cli, ["eval", "synthetic", "--model", missing])

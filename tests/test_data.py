@@ -199,3 +199,93 @@ def test_data_sources_build_their_datasets(tree):
         get_data_source("synthetc")
     with pytest.raises(DataError, match="n must be at least 1"):
         SyntheticScenes(0, 8)
+
+
+def test_synthetic_native_crops_of_large_scenes():
+    ds = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128))
+    for k in range(6):
+        item = ds[k]
+        scene = render_scene(2 * 1_000_003 + k, (72, 128))
+        image = item["image"].permute(1, 2, 0)  # (32, 32, 3)
+        hits = [(t, l) for t in range(72 - 31) for l in range(128 - 31)
+                if torch.equal(image, to_tensor(scene.image[t:t + 32, l:l + 32]).permute(1, 2, 0))]
+        assert hits, "a held-out item is a crop of its scene, at native scale"
+        t, l = hits[0]
+        paired = item["paired"]
+        np.testing.assert_array_equal(paired["depth"], scene.depth[t:t + 32, l:l + 32])
+        np.testing.assert_array_equal(paired["segmentation"], scene.segmentation[t:t + 32, l:l + 32])
+        assert item["full_range"]["depth"].tolist() == pytest.approx([0.1, 1.0])
+        for x, y, v in paired["pose"].tolist():  # keypoints in crop pixels
+            if v == 2:
+                assert paired["segmentation"][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))] == PERSON
+    again = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128))
+    again.set_epoch(3)  # held-out crops are fixed
+    assert all(torch.equal(ds[k]["image"], again[k]["image"]) for k in range(6))
+    assert len({tuple(ds[k]["image"][:, 0, 0].tolist()) for k in range(6)}) > 1
+
+
+def test_synthetic_train_crops_follow_seed_and_epoch():
+    ds = SyntheticScenes(8, 32, seed=1, train=True, scene_size=(144, 256))
+    first = [ds[k]["image"] for k in range(8)]
+    assert all(torch.equal(a, SyntheticScenes(8, 32, seed=1, scene_size=(144, 256))[k]["image"])
+               for k, a in enumerate(first))  # deterministic per index: a resumed run sees the same
+    ds.set_epoch(1)
+    assert sum(not torch.equal(a, ds[k]["image"]) for k, a in enumerate(first)) >= 6
+    whole = SyntheticScenes(8, 32, seed=1, train=True)  # flips as without scene_size
+    assert [_flipped(whole, k) for k in range(8)] == [_flipped(SyntheticScenes(8, 32, seed=1), k) for k in range(8)]
+    with pytest.raises(DataError, match="smaller than the 32-pixel crops"):
+        SyntheticScenes(2, 32, scene_size=(24, 64))
+
+
+def test_synthetic_whole_scene_depth_range_is_the_maps():
+    item = SyntheticScenes(3, 24, seed=0, train=False)[1]
+    depth = item["paired"]["depth"]
+    assert item["full_range"]["depth"].tolist() == [float(depth.min()), float(depth.max())]
+
+
+def test_synthetic_source_passes_scene_size_and_world():
+    data = DataConfig(source="synthetic", size=32, n=2, val_n=3, scene_size=(128, 72), world="graded")
+    source = get_data_source("synthetic")
+    train = source.dataset(data, channels=3, augment=True, seed=1)
+    held = source.held_out(data, channels=3, seed=5)
+    assert train.scene_size == held.scene_size == (72, 128) and train.world == held.world == "graded"
+    assert len(held) == 3 and not held.train
+
+
+def test_native_crops_are_not_resized(tmp_path):
+    arr = np.random.default_rng(2).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    item = ImageFolder(tmp_path, 10, train=False, scale=1.0)[0]
+    assert torch.equal(item["image"], to_tensor(arr[5:15, 15:25]))  # the centre 10x10, native pixels
+    ds = ImageFolder(tmp_path, 10, train=True, scale=1.0)
+    windows = {(t, l) for t in range(11) for l in range(31)}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(10):
+            img = ds[0]["image"]
+            assert any(torch.equal(img, to_tensor(arr[t:t + 10, l:l + 10])) or
+                       torch.equal(img, to_tensor(arr[t:t + 10, l:l + 10]).flip(-1)) for t, l in windows)
+    half = ImageFolder(tmp_path, 8, train=False, scale=0.5)[0]["image"]
+    resized = np.asarray(Image.fromarray(arr).resize((20, 10), Image.Resampling.BICUBIC))
+    assert torch.equal(half, to_tensor(resized[1:9, 6:14]))
+    small = ImageFolder(tmp_path, 16, train=False, scale=0.25)[0]["image"]  # 5x10 is too small: scaled to 16x32
+    assert small.shape == (3, 16, 16)
+    with pytest.raises(DataError, match="scale must be a positive number"):
+        ImageFolder(tmp_path, 8, scale=0.0)
+    native = DataConfig(root=str(tmp_path), size=10, crop="native", val_root=str(tmp_path))
+    folder = get_data_source("folder")
+    assert folder.dataset(native, channels=3, augment=True, seed=0).scale == 1.0
+    assert torch.equal(folder.held_out(native, channels=3, seed=0)[0]["image"], item["image"])
+    assert folder.dataset(DataConfig(root=str(tmp_path), size=10), channels=3, augment=True, seed=0).scale is None
+
+
+def test_synthetic_world():
+    item = SyntheticScenes(3, 24, seed=1, train=False, world="graded")[2]
+    assert torch.equal(item["image"], to_tensor(render_scene(1_000_003 + 2, 24, world="graded").image))
+    crop = SyntheticScenes(2, 32, seed=1, train=False, scene_size=(72, 128), world="graded")[0]
+    plain = SyntheticScenes(2, 32, seed=1, train=False, scene_size=(72, 128))[0]
+    np.testing.assert_array_equal(crop["paired"]["depth"], plain["paired"]["depth"])
+    data = DataConfig(source="synthetic", size=8, n=2, world="graded")
+    assert get_data_source("synthetic").dataset(data, channels=3, augment=True, seed=0).world == "graded"
+    with pytest.raises(DataError, match="world must be one of random, graded"):
+        SyntheticScenes(2, 16, world="photo")

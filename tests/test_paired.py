@@ -14,7 +14,8 @@ from vqtoolkit.data import PairedFolder, crop_like
 from vqtoolkit.data.recipe import WithCondition
 from vqtoolkit.stage2 import ConditionSpec
 from vqtoolkit.errors import DataError
-from vqtoolkit_plugins.synthetic.render import flip_pose, render_scene
+from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
+from vqtoolkit_plugins.synthetic.render import NEAR_DEPTH, SKY_DEPTH, flip_pose, render_scene
 
 from .plugins.conftest import cond
 
@@ -42,7 +43,7 @@ def test_paired_folder_items_and_class_folders(paired_root):
     assert item["name"] == "dogs/s1" and item["image"].shape == (3, 16, 16)
     assert item["label"].item() == 1 and data[0]["label"].item() == 0
     assert sorted(item["paired"]) == ["depth", "edge", "pose", "segmentation"]
-    assert item["crop"].tolist() == [30, 40, 16, 21, 0, 2, 0]  # resized to 16x21, centre-cropped
+    assert item["crop"].tolist() == [30, 40, 16, 21, 0, 2, 0, 16]  # resized to 16x21, centre-cropped
 
 
 def test_paired_conditions_are_cut_like_their_image(paired_root):
@@ -64,6 +65,25 @@ def test_paired_conditions_are_cut_like_their_image(paired_root):
     assert loader_item["cond_raw"].tolist() == [1]
 
 
+def test_depth_crops_are_normalised_by_their_whole_map(paired_root):
+    """Native crops (paired or synthetic) read depth in the range of the whole map, as a sample's
+    whole depth map is read: the same place gives the same value, whatever the crop."""
+    c, o = cond("depth")
+    data = PairedFolder(paired_root, 16, train=False, scale=1.0)
+    item = data[0]
+    assert item["crop"].tolist() == [30, 40, 30, 40, 7, 12, 0, 16]  # native: centre 16x16, no resize
+    scene = render_scene(0, (30, 40))
+    whole = c.read(str(paired_root / "depth" / "cats" / "s0.npy"), (30, 40), o)  # as `vqt sample --cond` reads it
+    assert torch.allclose(c.from_item(item, o), whole[:, 7:23, 12:28])
+    assert float(whole.min()) == -1 and float(c.from_item(item, o).min()) > -1  # not stretched to its own range
+    crops = SyntheticScenes(4, 32, seed=1, train=False, scene_size=(72, 128))
+    for k in range(4):
+        it = crops[k]
+        expected = (torch.from_numpy(it["paired"]["depth"]) - NEAR_DEPTH) / (SKY_DEPTH - NEAR_DEPTH) * 2 - 1
+        assert torch.allclose(c.from_item(it, o)[0], expected)
+    assert scene.depth.shape == (30, 40)
+
+
 def test_paired_pose_follows_crop_and_flip(paired_root):
     """Keypoints drawn through the item's crop equal a cut of the full-size drawing; a flipped crop
     equals a cut of the flipped scene's (left and right swapped, as the synthetic scenes do)."""
@@ -72,9 +92,9 @@ def test_paired_pose_follows_crop_and_flip(paired_root):
     scene = render_scene(0, (30, 40))
     c, o = cond("pose")
     item = {"image": torch.zeros(3, 30, 30), "name": "x", "paired": {"pose": str(
-        paired_root / "pose" / "cats" / "s0.json")}, "crop": torch.tensor([30, 40, 30, 40, 0, 6, 0])}
+        paired_root / "pose" / "cats" / "s0.json")}, "crop": torch.tensor([30, 40, 30, 40, 0, 6, 0, 30])}
     assert torch.equal(c.from_item(item, o), render_limbs([scene.pose], 30, 40)[:, :, 6:36])
-    item["crop"] = torch.tensor([30, 40, 30, 40, 0, 6, 1])
+    item["crop"] = torch.tensor([30, 40, 30, 40, 0, 6, 1, 30])
     mirrored = render_limbs([flip_pose(scene.pose, 40)], 30, 40)[:, :, 4:34]  # 40 - 6 - 30 = 4
     assert torch.equal(c.from_item(item, o), mirrored)
 

@@ -111,3 +111,21 @@ def test_schedule_and_loss_keys_default_off():
     r = recipe_from_dict({"train": {"warmup_steps": 20, "lr_schedule": "cosine"},
                           "loss": {"l2_weight": 1, "lecam_weight": 0.1, "lecam_decay": 0.9}})
     assert (r.train.warmup_steps, r.train.lr_schedule, r.loss.l2_weight, r.loss.lecam_weight) == (20, "cosine", 1.0, 0.1)
+
+
+def test_native_crop_options():
+    r = recipe_from_dict({"data": {"source": "synthetic", "size": 64, "scene_size": [1024, 576]}})
+    assert r.data.scene_hw == (576, 1024) and r.data.crop_scale is None
+    r = recipe_from_dict({"data": {"source": "paired", "crop": "native", "scale": 0.5}})
+    assert r.data.crop_scale == 0.5 and r.data.scene_hw is None
+    assert recipe_from_dict({}).data.crop_scale is None
+    for data, message in [
+        ({"scale": 0.5}, r'data.scale = 0.5 is invalid: expected 1 unless data.crop = "native"'),
+        ({"crop": "native", "scale": 0.0}, r"data.scale = 0.0 is invalid: expected a positive number"),
+        ({"source": "synthetic", "crop": "native"}, r"set data.scene_size"),
+        ({"source": "folder", "scene_size": [512, 512]}, r'with data.source = "synthetic"'),
+        ({"source": "synthetic", "size": 64, "scene_size": [1024]}, r"expected \[width, height\]"),
+        ({"source": "synthetic", "size": 64, "scene_size": [1024, 32]}, r"each >= data.size \(64\)"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict({"data": data})

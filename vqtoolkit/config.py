@@ -28,6 +28,10 @@ class DataConfig:
     list_file: str = ""  # alternative to `root`: a text file with one image path per line
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
     size: int = 256  # training crop size in pixels
+    crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
+    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
+    scene_size: tuple[int, ...] = ()  # synthetic: [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
+    world: Literal["random", "graded"] = "random"  # synthetic: random colours, or appearance graded by depth and height
     n: int = 2000  # number of synthetic scenes (source = "synthetic")
     val_n: int = 64  # held-out synthetic scenes, drawn from a disjoint seed range
     num_workers: int = 2  # DataLoader worker processes
@@ -39,6 +43,25 @@ class DataConfig:
         _check(self.n >= 1, "data.n", self.n, "an integer >= 1")
         _check(self.val_n >= 0, "data.val_n", self.val_n, "an integer >= 0")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
+        _check(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
+               '1 unless data.crop = "native" (it scales the images native crops are cut from)')
+        _check(self.crop == "resize" or self.source != "synthetic", "data.crop", self.crop,
+               '"resize" for synthetic scenes: set data.scene_size to crop large scenes at native scale')
+        _check(not self.scene_size or (self.source == "synthetic" and len(self.scene_size) == 2
+                                       and min(self.scene_size) >= self.size),
+               "data.scene_size", list(self.scene_size),
+               f"[width, height], each >= data.size ({self.size}), with data.source = \"synthetic\"")
+
+    @property
+    def scene_hw(self) -> tuple[int, int] | None:
+        """scene_size as (height, width), or None for whole scenes of `size`."""
+        return (self.scene_size[1], self.scene_size[0]) if self.scene_size else None
+
+    @property
+    def crop_scale(self) -> float | None:
+        """The scale native crops are cut at, or None when the smallest side is resized to `size`."""
+        return self.scale if self.crop == "native" else None
 
 
 @dataclass(frozen=True)

@@ -23,25 +23,30 @@ if TYPE_CHECKING:
 
 class SyntheticSource(DataSource):
     name = "synthetic"
-    description = "Procedural scenes with exact depth, segmentation, pose and class: data.n, data.val_n."
+    description = ("Procedural scenes with exact depth, segmentation, pose and class: data.n, data.val_n, "
+                   "data.scene_size, data.world.")
 
     def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
         from .dataset import SyntheticScenes
 
-        return SyntheticScenes(data.n, data.size, seed=seed, train=augment, channels=channels)
+        return SyntheticScenes(data.n, data.size, seed=seed, train=augment, channels=channels,
+                               scene_size=data.scene_hw, world=data.world)
 
     def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
         from .dataset import SyntheticScenes
 
-        return SyntheticScenes(max(data.val_n, 1), data.size, seed=seed, train=False, channels=channels)
+        return SyntheticScenes(max(data.val_n, 1), data.size, seed=seed, train=False, channels=channels,
+                               scene_size=data.scene_hw, world=data.world)
 
 
 @click.command("scene")
 @click.option("--size", "size_text", default="1024x576", show_default=True, help="WIDTHxHEIGHT in pixels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--world", type=click.Choice(["random", "graded"]), default="random", show_default=True,
+              help="How the scene looks: random colours, or graded by depth and height (as data.world).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def scene_command(size_text: str, seed: int, out: str, force: bool) -> None:
+def scene_command(size_text: str, seed: int, world: str, out: str, force: bool) -> None:
     """Write a built-in synthetic scene with its exact depth, segmentation, pose and class (inputs for --cond)."""
     from vqtoolkit.cli.options import parse_size
 
@@ -50,7 +55,7 @@ def scene_command(size_text: str, seed: int, out: str, force: bool) -> None:
     size = parse_size(size_text)
     if min(size) < 8:
         raise VqtError(f"--size {size_text}: scenes need at least 8x8 pixels")
-    paths = write_scene(render_scene(seed, size), out, force=force)
+    paths = write_scene(render_scene(seed, size, world=world), out, force=force)
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from vqtoolkit.errors import DataError
 from vqtoolkit.images import convert_channels, to_tensor
 
-from .render import flip_pose, render_scene
+from .render import NEAR_DEPTH, SKY_DEPTH, WORLDS, flip_pose, render_scene
 
 
 class SyntheticScenes(Dataset):
@@ -19,20 +19,35 @@ class SyntheticScenes(Dataset):
     probability 1/2, decided by a generator seeded from (seed, k, epoch), so the flip is the same
     in every worker and changes with `set_epoch`. All modalities flip together (pose x mirrored,
     left/right keypoints swapped).
+
+    With `scene_size` = (height, width), scenes are that large and item k is a `size` x `size`
+    crop of scene k at native scale (only the crop is rendered): training sees the pixel scale of
+    a `scene_size` sample. The crop's position is drawn with the flip when `train`, and from
+    (seed, k) otherwise, so held-out crops are fixed. Every modality comes from the same crop;
+    `item["full_range"]["depth"]` is the whole scene's (min, max) depth, which the depth condition
+    normalises by, as a sample's depth map of the whole scene is. `world` is how scenes look (see
+    render.py): "random" colours, or "graded" by depth and height.
     """
 
-    def __init__(self, n: int, size: int, *, seed: int = 0, train: bool = True, channels: int = 3) -> None:
+    def __init__(self, n: int, size: int, *, seed: int = 0, train: bool = True, channels: int = 3,
+                 scene_size: tuple[int, int] | None = None, world: str = "random") -> None:
         if n < 1:
             raise DataError(f"synthetic dataset size n must be at least 1, got {n}")
         if seed < 0:
             raise DataError(f"synthetic dataset seed must be >= 0, got {seed}")
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
+        if world not in WORLDS:
+            raise DataError(f"synthetic world must be one of {', '.join(WORLDS)}, got {world!r}")
+        if scene_size is not None and (scene_size[0] < size or scene_size[1] < size):
+            raise DataError(f"scene size {scene_size[1]}x{scene_size[0]} is smaller than the {size}-pixel crops")
         self.n, self.size, self.seed, self.train, self.channels = n, size, seed, train, channels
+        self.scene_size = None if scene_size is None else (int(scene_size[0]), int(scene_size[1]))
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose this epoch's flips (call before each epoch, like DistributedSampler.set_epoch)."""
+        """Choose this epoch's flips and crops (call before each epoch, like DistributedSampler.set_epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -41,9 +56,19 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, k: int) -> dict[str, object]:
         if not 0 <= k < self.n:
             raise IndexError(f"scene index {k} out of range for {self.n} scenes")
-        scene = render_scene(self.seed * 1_000_003 + k, self.size)
+        rng = np.random.default_rng([self.seed, k, self.epoch] if self.train else [self.seed, k])
+        flip = self.train and rng.random() < 0.5
+        seed = self.seed * 1_000_003 + k
+        if self.scene_size is None:
+            scene = render_scene(seed, self.size, world=self.world)
+            depth_range = (float(scene.depth.min()), float(scene.depth.max()))
+        else:
+            (h, w), s = self.scene_size, self.size
+            window = (int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1)), s, s)
+            scene = render_scene(seed, self.scene_size, window, self.world)
+            depth_range = (NEAR_DEPTH, SKY_DEPTH)  # every scene's, whatever the crop (tests/test_synthetic.py)
         image, depth, seg, pose = scene.image, scene.depth, scene.segmentation, scene.pose
-        if self.train and np.random.default_rng([self.seed, k, self.epoch]).random() < 0.5:
+        if flip:
             image, depth, seg = image[:, ::-1], depth[:, ::-1], seg[:, ::-1]
             pose = flip_pose(pose, image.shape[1])
         return {
@@ -54,5 +79,6 @@ class SyntheticScenes(Dataset):
                 "segmentation": np.array(seg),  # (H, W) int64 labels
                 "pose": np.array(pose),  # (17, 3) float32 COCO keypoints
             },
+            "full_range": {"depth": torch.tensor(depth_range, dtype=torch.float32)},  # (2,) the scene's min, max
             "label": torch.tensor(scene.label),  # () int64
         }

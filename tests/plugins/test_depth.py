@@ -23,6 +23,16 @@ def test_depth_is_min_max_normalised(item):
     assert torch.equal(constant, torch.zeros(1, 4, 5))
 
 
+def test_depth_uses_the_items_full_range():
+    c, o = cond("depth")
+    crop = np.array([[0.2, 0.4], [0.6, 0.6]], np.float32)
+    item = {"paired": {"depth": crop}, "full_range": {"depth": torch.tensor([0.0, 1.0])}}
+    assert torch.allclose(c.from_item(item, o)[0], torch.from_numpy(crop) * 2 - 1)
+    assert float(c.from_item({"paired": {"depth": crop}}, o).min()) == -1  # without it: its own range
+    flat = {"paired": {"depth": np.full((2, 2), 0.75, np.float32)}, "full_range": {"depth": torch.tensor([0.0, 1.0])}}
+    assert torch.allclose(c.from_item(flat, o), torch.full((1, 2, 2), 0.5))  # a flat crop of a varied map
+
+
 @pytest.mark.parametrize("suffix", [".png", ".npy", ".tiff"])
 def test_depth_reads_files(tmp_path, suffix):
     c, o = cond("depth")

@@ -15,20 +15,22 @@ if TYPE_CHECKING:
 
 class FolderSource(DataSource):
     name = "folder"
-    description = "Images in a folder tree (data.root) or a list file (data.list_file); held out: data.val_root."
+    description = ("Images in a folder tree (data.root) or a list file (data.list_file); held out: data.val_root; "
+                   "data.crop, data.scale.")
 
     def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
         from .folders import ImageFolder
 
         return ImageFolder(data.root, data.size, channels=channels, train=augment, list_file=data.list_file,
-                           strict=data.strict)
+                           strict=data.strict, scale=data.crop_scale)
 
     def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
         from .folders import ImageFolder
 
         if not data.val_root:
             return None
-        return ImageFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict)
+        return ImageFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict,
+                           scale=data.crop_scale)
 
 
 class PairedSource(DataSource):
@@ -38,14 +40,16 @@ class PairedSource(DataSource):
     def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
         from .folders import PairedFolder
 
-        return PairedFolder(data.root, data.size, channels=channels, train=augment, strict=data.strict)
+        return PairedFolder(data.root, data.size, channels=channels, train=augment, strict=data.strict,
+                            scale=data.crop_scale)
 
     def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
         from .folders import PairedFolder
 
         if not data.val_root:
             return None
-        return PairedFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict)
+        return PairedFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict,
+                            scale=data.crop_scale)
 
 
 @hookimpl

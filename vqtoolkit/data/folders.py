@@ -104,7 +104,9 @@ class ImageFolder(Dataset):
 
     The smallest side is resized to `size` (bicubic), then a random crop and horizontal flip are
     taken when `train` (drawn from torch's RNG, which DataLoader seeds per worker), a centre crop
-    otherwise.
+    otherwise. With `scale` (a number > 0) the image is instead scaled by that factor, 1 = native
+    resolution, and `size` crops are cut from it: the model sees the scale it will sample at
+    (an image smaller than `size` after scaling is scaled up to fit).
 
     Unreadable files: with `strict`, the first one raises an ImageError naming it. Otherwise item
     i falls back to files i+1, i+2, ... (deterministic per item, whatever the worker) and the bad
@@ -122,10 +124,12 @@ class ImageFolder(Dataset):
         list_file: str | os.PathLike[str] | None = None,
         strict: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        scale: float | None = None,
     ) -> None:
         if size < 1:
             raise DataError(f"data size must be a positive number of pixels, got {size}")
-        self.size, self.channels, self.train = size, channels, train
+        _check_scale(scale)
+        self.size, self.channels, self.train, self.scale = size, channels, train, scale
         self.strict, self.max_pixels = strict, max_pixels
         if list_file:  # recipes use "" for "not given"
             self.origin = Path(list_file)
@@ -158,8 +162,9 @@ class ImageFolder(Dataset):
         return line + "".join(f"\n  {p}: {r}" for p, r in self.skipped[:5])
 
     def _crop(self, arr: np.ndarray) -> np.ndarray:
-        """Resize the smallest side to `size` (bicubic), then crop (and flip) to size x size."""
-        h, w, nh, nw, top, left, flip = (int(v) for v in _crop_box(*arr.shape[:2], self.size, self.train))
+        """Resize (the smallest side to `size`, or by `scale`), then crop (and flip) to size x size."""
+        box = _crop_box(*arr.shape[:2], self.size, self.train, self.scale)
+        h, w, nh, nw, top, left, flip, _ = (int(v) for v in box)
         if (nh, nw) != (h, w):
             img = Image.fromarray(arr[:, :, 0] if self.channels == 1 else arr)
             arr = convert_channels(np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC)), self.channels)
@@ -171,15 +176,29 @@ class ImageFolder(Dataset):
         return {"image": to_tensor(self._crop(arr)), "name": self.names[j], "skipped": skipped}
 
 
-def _crop_box(h: int, w: int, size: int, train: bool) -> torch.Tensor:
-    """The resize-then-crop an ImageFolder applies, as numbers: (h, w, nh, nw, top, left, flip)."""
-    nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+def _check_scale(scale: float | None) -> None:
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise DataError(f"data scale must be a positive number (1 = native resolution), got {scale!r}")
+
+
+def _crop_box(h: int, w: int, size: int, train: bool, scale: float | None = None) -> torch.Tensor:
+    """The resize-then-crop an ImageFolder applies, as numbers: (h, w, nh, nw, top, left, flip, size).
+
+    The image (h, w) is resized to (nh, nw): the smallest side to `size`, or, with `scale`, both
+    sides by that factor (at least enough for `size`); then the size x size crop at (top, left)
+    is cut, and flipped when `flip`.
+    """
+    if scale is None:
+        nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+    else:
+        factor = max(scale, size / min(h, w))
+        nh, nw = max(size, round(h * factor)), max(size, round(w * factor))
     if train:
         top, left = int(torch.randint(0, nh - size + 1, ())), int(torch.randint(0, nw - size + 1, ()))
         flip = int(torch.rand(()) < 0.5)
     else:
         top, left, flip = (nh - size) // 2, (nw - size) // 2, 0
-    return torch.tensor([h, w, nh, nw, top, left, flip])
+    return torch.tensor([h, w, nh, nw, top, left, flip, size])
 
 
 def crop_like(arr: np.ndarray, crop: torch.Tensor, *, mode: str = "bilinear", what: str = "array") -> np.ndarray:
@@ -189,7 +208,7 @@ def crop_like(arr: np.ndarray, crop: torch.Tensor, *, mode: str = "bilinear", wh
     "bilinear" for continuous data (depth, rendered maps) or "bicubic" (images); both antialiased.
     The array must be as large as the image file it pairs with; `what` names it in the error.
     """
-    h, w, nh, nw, top, left, flip = (int(v) for v in crop)
+    h, w, nh, nw, top, left, flip, size = (int(v) for v in crop)
     if arr.shape[:2] != (h, w):
         raise DataError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but its image is {w}x{h}; paired files "
                         "must have the size of their image")
@@ -200,7 +219,6 @@ def crop_like(arr: np.ndarray, crop: torch.Tensor, *, mode: str = "bilinear", wh
             t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="nearest-exact")
         else:
             t = torch.nn.functional.interpolate(t, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-    size = min(nh, nw)
     t = t[0, :, top:top + size, left:left + size]  # (C, size, size)
     if flip:
         t = t.flip(-1)
@@ -214,8 +232,8 @@ class PairedFolder(Dataset):
     `root/images/a/b.jpg` pairs with `root/<modality>/a/b.<any extension>` in every other visible
     sub-folder of `root`; the folder name is the condition name (`depth/`, `segmentation/`,
     `pose/`, `edge/`), so a condition plugin finds its file in `item["paired"][name]`. Images are
-    resized and cropped as in ImageFolder and `item["crop"]` records how, so the plugin can cut its
-    file the same way with `crop_like`. A missing paired file is reported when the dataset is built.
+    resized (or scaled by `scale`) and cropped as in ImageFolder and `item["crop"]` records how, so
+    the plugin can cut its file the same way with `crop_like`. A missing paired file is reported when the dataset is built.
 
     Class labels ("label", int64): from `root/labels.csv` (header `name,label`; name = the image's
     path under `images/` without extension) when it exists; otherwise, when every image sits in a
@@ -224,9 +242,12 @@ class PairedFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike[str] | None, size: int, *, channels: int = 3,
-                 train: bool = True, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 train: bool = True, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 scale: float | None = None) -> None:
         if size < 1:
             raise DataError(f"data size must be a positive number of pixels, got {size}")
+        _check_scale(scale)
+        self.scale = scale
         if not root:
             raise DataError("a paired dataset needs data.root: a folder holding images/ and one folder "
                             "per modality")
@@ -291,12 +312,12 @@ class PairedFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, object]:
         j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
-        crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train)
+        crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train, self.scale)
         image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
         item: dict[str, object] = {
             "image": to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)),
             "name": self.names[j],
-            "crop": crop,  # (7,) int64
+            "crop": crop,  # (8,) int64, see _crop_box
             "paired": {name: files[j] for name, files in self.paired.items()},
             "skipped": skipped,
         }

@@ -34,7 +34,9 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
         "first_stage": {"path": str(path), "fingerprint": fingerprint(first.tensors())},
         "condition": spec.meta() if spec else {"name": "", "options": {}},
         "data": {"source": recipe.data.source, "root": recipe.data.root, "list_file": recipe.data.list_file,
-                 "size": recipe.data.size, "n": recipe.data.n},
+                 "size": recipe.data.size, "n": recipe.data.n, "crop": recipe.data.crop,
+                 "scale": recipe.data.scale, "scene_size": list(recipe.data.scene_size),
+                 "world": recipe.data.world},
         "grid": [recipe.data.size // first.factor] * 2,
     }
     if spec is not None and spec.stage is not None:
