@@ -22,9 +22,9 @@ from .options import Bar, device_for
                    "scored on the same windows.")
 @click.option("--size", type=int, default=None,
               help="Centre-crop size (default: stage 1 the model's resolution, stage 2 its window).")
-@click.option("--n", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Number of items of generated data: DATA 'synthetic', or a recipe whose source makes its "
-                   "own (its data.val_n).")
+@click.option("--n", type=click.IntRange(min=1), default=None,
+              help="Number of items of generated data: for DATA 'synthetic' (default 256), or instead of a "
+                   "recipe's data.val_n.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--grid", type=click.Path(dir_okay=False), default=None,
               help="PNG to write (default: <model>-eval-<data>.png): stage 1 the worst and best "
@@ -32,7 +32,7 @@ from .options import Bar, device_for
 @click.option("--json", "as_json", is_flag=True, help="Print figures as a JSON object.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Overwrite an existing grid PNG.")
-def eval_command(data: str, model_path: str, baseline_path: str | None, size: int | None, n: int,
+def eval_command(data: str, model_path: str, baseline_path: str | None, size: int | None, n: int | None,
                  batch_size: int, grid: str | None, as_json: bool, device: str, force: bool) -> None:
     """Evaluate a model on held-out data: DATA is a folder of images, a recipe (.toml: its held-out
     set), or a source that makes its own data (e.g. 'synthetic').
@@ -60,7 +60,7 @@ def eval_command(data: str, model_path: str, baseline_path: str | None, size: in
         click.echo(line)
 
 
-def _stage1(data: str, model_path: str, size: int | None, n: int, batch_size: int, device: str,
+def _stage1(data: str, model_path: str, size: int | None, n: int | None, batch_size: int, device: str,
             grid_path: Path, force: bool) -> dict[str, Any]:
     from ..data.recipe import evaluation_dataset
     from ..evaluation import evaluate
@@ -82,7 +82,7 @@ def _stage1(data: str, model_path: str, size: int | None, n: int, batch_size: in
     return {"kind": "stage1", **{k: v for k, v in result.items() if k not in ("worst", "best")}}
 
 
-def _stage2(data: str, model_path: str, baseline_path: str | None, size: int | None, n: int, device: str,
+def _stage2(data: str, model_path: str, baseline_path: str | None, size: int | None, n: int | None, device: str,
             grid_path: Path, force: bool) -> dict[str, Any]:
     from ..data.recipe import WithCondition, evaluation_dataset
     from ..evaluation_stage2 import baseline_figures, likelihood_figures, sample_rows

@@ -13,6 +13,7 @@ from ..recipes import DataConfig, Recipe
 from .folders import ImageFolder
 
 HELD_OUT_SEED_OFFSET = 7_919  # generated sources draw held-out items from seeds disjoint from training
+GENERATED_ITEMS = 256  # `vqt eval SOURCE` without --n
 EVALUATION_SEED = 10_007  # `vqt eval SOURCE`: items disjoint from every recipe's training and held-out seeds
 
 
@@ -28,20 +29,20 @@ def held_out_dataset(recipe: Recipe, channels: int) -> Dataset | None:
     return source.held_out(recipe.data, channels=channels, seed=recipe.train.seed + HELD_OUT_SEED_OFFSET)
 
 
-def evaluation_dataset(data: str, size: int, channels: int, n: int) -> Dataset:
+def evaluation_dataset(data: str, size: int, channels: int, n: int | None = None) -> Dataset:
     """What `vqt eval DATA` reads: a recipe's held-out set (DATA ends in .toml), `n` items of a data
     source that makes its own (a registered name such as 'synthetic' that is not a path on disk), or a
     folder of images."""
     if data.endswith(".toml"):
         from ..recipes import load_recipe
 
-        recipe = load_recipe(data, [f"data.val_n={n}"])  # generated sources: n held-out items
+        recipe = load_recipe(data, [f"data.val_n={n}"] if n else [])  # generated sources: n held-out items
         dataset = held_out_dataset(recipe, channels)
         if dataset is None:
             raise DataError(f"{data} names no held-out data (data.val_root); pass a folder of images instead")
         return dataset
     if data in get_plugin_manager().data_sources() and not Path(data).exists():
-        config = DataConfig(source=data, size=size, val_n=n, num_workers=0)
+        config = DataConfig(source=data, size=size, val_n=n or GENERATED_ITEMS, num_workers=0)
         dataset = get_data_source(data).held_out(config, channels=channels, seed=EVALUATION_SEED)
         if dataset is None:
             raise DataError(f"data source '{data}' reads files: pass the folder of images to evaluate instead")
