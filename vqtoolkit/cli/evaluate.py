@@ -41,7 +41,8 @@ def eval_command(data: str, model_path: str, baseline_path: str | None, size: in
     conditions that can be re-derived from images, and --baseline's bits on the same windows."""
     from ..checkpoint import bundle_kind
 
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.rstrip("/")).stem or "data")
+    name = Path(data.rstrip("/"))
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", (name.stem if name.suffix == ".toml" else name.name) or "data")
     grid_path = Path(grid or f"{Path(model_path).with_suffix('').as_posix()}-eval-{label}.png")
     if grid_path.exists() and not force:
         raise VqtError(f"{grid_path} already exists; pass --force to overwrite or --grid for another path")
@@ -98,6 +99,10 @@ def _stage2(data: str, model_path: str, baseline_path: str | None, size: int | N
         raise VqtError(f"--size {size}: expected a multiple of the model's factor {model.factor}, at least "
                        f"its window of {side} pixels")
     images = evaluation_dataset(data, size, model.first_stage.model_config.in_channels, n)
+    height, width = images[0]["image"].shape[-2:]
+    if min(height, width) < side:  # a recipe's held-out set comes at the recipe's data.size
+        raise VqtError(f"{data}: held-out images are {width}x{height} pixels, smaller than the model's "
+                       f"window of {side}x{side} pixels")
     dataset = WithCondition(images, model.condition) if model.condition is not None else images
     figures: dict[str, Any] = {"kind": "stage2", "n": len(dataset), "window": model.window,
                                "condition": model.condition.name if model.condition else None,
