@@ -42,7 +42,8 @@ def eval_command(data: str, model_path: str, baseline_path: str | None, size: in
     conditions that can be re-derived from images, and --baseline's bits on the same windows."""
     from ..checkpoint import bundle_kind
 
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.rstrip("/")).stem or "data")
+    name = Path(data.rstrip("/"))
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", (name.stem if name.suffix == ".toml" else name.name) or "data")
     grid_path = Path(grid or f"{Path(model_path).with_suffix('').as_posix()}-eval-{label}.png")
     if grid_path.exists() and not force:
         raise VqtError(f"{grid_path} already exists; pass --force to overwrite or --grid for another path")
@@ -85,25 +86,30 @@ def _stage1(data: str, model_path: str, size: int | None, n: int | None, batch_s
 def _stage2(data: str, model_path: str, baseline_path: str | None, size: int | None, n: int | None, device: str,
             grid_path: Path, force: bool) -> dict[str, Any]:
     from ..data.recipe import WithCondition, evaluation_dataset
-    from ..evaluation_stage2 import baseline_figures, likelihood_figures, sample_rows
+    from ..evaluation_stage2 import baseline_figures, check_baseline, likelihood_figures, sample_rows
     from ..images import image_grid, save_png
     from ..stage2 import Stage2Model
 
     model = Stage2Model.load(model_path, device)
+    baseline = Stage2Model.load(baseline_path, device) if baseline_path else None
+    if baseline is not None:  # before any figure is computed
+        check_baseline(model, baseline, baseline_path)
     side = model.window * model.factor
     size = size or side
     if size % model.factor or size < side:
         raise VqtError(f"--size {size}: expected a multiple of the model's factor {model.factor}, at least "
                        f"its window of {side} pixels")
-    dataset = evaluation_dataset(data, size, model.first_stage.model_config.in_channels, n)
-    if model.condition is not None:
-        dataset = WithCondition(dataset, model.condition)
+    images = evaluation_dataset(data, size, model.first_stage.model_config.in_channels, n)
+    height, width = images[0]["image"].shape[-2:]
+    if min(height, width) < side:  # a recipe's held-out set comes at the recipe's data.size
+        raise VqtError(f"{data}: held-out images are {width}x{height} pixels, smaller than the model's "
+                       f"window of {side}x{side} pixels")
+    dataset = WithCondition(images, model.condition) if model.condition is not None else images
     figures: dict[str, Any] = {"kind": "stage2", "n": len(dataset), "window": model.window,
                                "condition": model.condition.name if model.condition else None,
                                **likelihood_figures(model, dataset)}
-    if baseline_path:
-        baseline = Stage2Model.load(baseline_path, device)
-        figures.update(baseline_figures(model, baseline, dataset, figures["bits_per_token"], baseline_path))
+    if baseline is not None:
+        figures.update(baseline_figures(model, baseline, images, figures["bits_per_token"], baseline_path))
     rows, fidelity = sample_rows(model, dataset)
     figures["fidelity"] = fidelity
     save_png(image_grid(rows), grid_path, force=force)
