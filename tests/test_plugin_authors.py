@@ -29,7 +29,7 @@ from vqtoolkit.stage2 import Stage2Model
 
 from .conftest import forget_plugin_modules, write, write_plugin
 from .test_docs import HOOKS_DOC
-from .test_modalities_e2e import RECIPES, TINY, sets
+from .test_modalities_e2e import RECIPES, TINY, TINY_GPT, sets
 from .test_plugins import BUILTINS
 
 GRAYSCALE = '''
@@ -174,9 +174,15 @@ def test_depth_still_trains_beside_broken_plugins(install_plugin, tmp_path):
     install_plugin("aaa", slip('name = "grayscale"', 'name = "edge"'))
     out = vqt("plugins", code=1)
     assert "failed and were skipped: aaa, grayscale" in out and "depth" in out
-    run = tmp_path / "depth-stage"
-    vqt("train-stage1", str(RECIPES / "quickstart-depth-stage.toml"), "--out", str(run), "--device", "cpu",
+    # the demo's depth chain, tiny: image VQGAN, depth VQGAN, depth-conditioned transformer
+    image, stage, run = tmp_path / "image", tmp_path / "depth-stage", tmp_path / "depth"
+    vqt("train-stage1", str(RECIPES / "quickstart.toml"), "--out", str(image), "--device", "cpu",
+        *sets(TINY + ["train.max_steps=1"]))
+    vqt("train-stage1", str(RECIPES / "quickstart-depth-stage.toml"), "--out", str(stage), "--device", "cpu",
         *sets(TINY + ["train.max_steps=2"]))
+    vqt("train-stage2", str(RECIPES / "quickstart-depth.toml"), "--out", str(run), "--device", "cpu",
+        *sets(TINY_GPT + [f"condition.stage={stage / 'last.safetensors'}",
+                          f"transformer.first_stage={image / 'last.safetensors'}"]))
     assert load_bundle(run / "last.safetensors").condition["name"] == "depth"
 
 
@@ -341,6 +347,20 @@ def test_a_model_whose_plugin_is_missing_names_bundle_and_package(grayscale_runs
     assert out == (f"Error: model bundle {model} needs condition 'grayscale', which no loaded plugin registers; "
                    "install vqt-test-grayscale (plugin grayscale; version 1.0 wrote it), then check with "
                    "'vqt plugins'\n")
+
+
+def test_a_model_whose_plugin_fails_names_the_plugin_to_fix(grayscale_runs, install_plugin, tmp_path):
+    """The option-without-default slip made after training: refused at registration, so sampling
+    the model says which plugin to fix, not a TypeError."""
+    install_plugin("grayscale", slip('standard: Literal["bt601", "bt709"] = "bt601"',
+                                     'standard: Literal["bt601", "bt709"]'))
+    model = grayscale_runs / "stage2" / "last.safetensors"
+    out = vqt("sample", "--model", str(model), "--cond", "x.png", "--size", "32x32", "-o", str(tmp_path / "o"),
+              code=1)
+    assert out.splitlines()[-1] == (
+        f"Error: model bundle {model} needs condition 'grayscale', which no loaded plugin registers; plugin "
+        "grayscale failed and was skipped; fix plugin grayscale ('vqt plugins' shows its error), then check "
+        "with 'vqt plugins'")
 
 
 def test_an_old_bundle_loads_with_a_note(grayscale_runs, install_plugin, tmp_path, caplog):

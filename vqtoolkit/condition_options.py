@@ -17,7 +17,7 @@ from typing import Any
 
 from .conditions import Condition, option_values
 from .errors import PluginError, RecipeError
-from .plugins import get_condition, provider, registered, skipped_note
+from .plugins import get_condition, get_plugin_manager, provider, registered, skipped_note
 from .recipes import Recipe
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def read_stored(meta: dict[str, Any], where: str) -> tuple[Condition, Any]:
     name = meta["name"]
     wrote = meta.get("plugin") or {}
     if name not in registered():
-        if wrote.get("source") and wrote["source"] != "built-in":
+        if wrote.get("name") in {p.name for p in get_plugin_manager().failed()}:
+            hint = f"fix plugin {wrote['name']} ('vqt plugins' shows its error)"
+        elif wrote.get("source") and wrote["source"] != "built-in":
             hint = f"install {wrote['source'].split(' ')[0]} (plugin {wrote.get('name', name)}; version " \
                    f"{wrote['source'].partition(' ')[2] or '?'} wrote it)"
         else:
