@@ -203,13 +203,13 @@ def test_plugins_columns_line_up_with_long_sources(install_plugin):
 # ---- complete options -----------------------------------------------------------------------------
 
 TINY_VQGAN = dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=32)
-STAGE = """
-[data]
-source = "synthetic"
-size = 32
-n = 8
-val_n = 2
-num_workers = 0
+DATA = 'data = { source = "synthetic", size = 32, n = 8, val_n = 2, num_workers = 0 }\n'
+TRAIN = ("train = { max_steps = 2, batch_size = 2, base_learning_rate = 1e-4, channels_last = false, "
+         "checkpoint_every = 2, sample_every = 2, log_every = 1 }\n")
+STAGE = DATA + TRAIN + """
+quantizer = { n_codes = 16, embed_dim = 8 }
+loss = { perceptual_weight = 0.0, disc_start = 1000 }  # the GAN stays off: disc_in_channels may stay 3
+condition = { name = "grayscale" }
 
 [model]
 ch = 32
@@ -220,57 +220,13 @@ z_channels = 8
 resolution = 32
 in_channels = 1
 out_channels = 1
-
-[quantizer]
-n_codes = 16
-embed_dim = 8
-
-[loss]
-perceptual_weight = 0.0
-disc_start = 1000  # the GAN stays off, so loss.disc_in_channels may stay at 3
-
-[condition]
-name = "grayscale"
-
-[train]
-max_steps = 2
-batch_size = 2
-base_learning_rate = 1e-4
-channels_last = false
-checkpoint_every = 2
-sample_every = 2
-log_every = 1
 """
-STAGE2 = """
-[data]
-source = "synthetic"
-size = 32
-n = 8
-val_n = 2
-num_workers = 0
 
-[condition]
-name = "{name}"
-{extra}
 
-[transformer]
-first_stage = "{first}"
-n_layer = 1
-n_head = 2
-n_embd = 32
-window = 4
-
-[train]
-max_steps = 2
-batch_size = 2
-base_learning_rate = 1e-4
-checkpoint_every = 2
-sample_every = 2
-log_every = 1
-
-[sample]
-n = 1
-"""
+def stage2(name: str, first: Path, extra: str = "") -> str:
+    """A one-layer stage-2 recipe over `first` with condition `name` (and `extra` keys of it)."""
+    return DATA + TRAIN + (f'transformer = {{ first_stage = "{first}", n_layer = 1, n_head = 2, n_embd = 32, '
+                           f'window = 4 }}\nsample = {{ n = 1 }}\ncondition = {{ name = "{name}"{extra} }}\n')
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +248,8 @@ def grayscale_runs(tmp_path_factory, first_stage) -> Path:
         mp.syspath_prepend(str(folder / "site"))
         plugins.reset()
         vqt("train-stage1", str(write(folder / "stage.toml", STAGE)), "--out", str(folder / "stage"))
-        recipe = write(folder / "gray.toml", STAGE2.format(
-            name="grayscale", extra=f'stage = "{folder / "stage" / "last.safetensors"}"', first=first_stage))
+        recipe = write(folder / "gray.toml", stage2(
+            "grayscale", first_stage, f', stage = "{folder / "stage" / "last.safetensors"}"'))
         vqt("train-stage2", str(recipe), "--out", str(folder / "stage2"))
     forget_plugin_modules()
     plugins.reset()
@@ -383,7 +339,7 @@ def test_an_old_bundle_loads_with_a_note(grayscale_runs, install_plugin, tmp_pat
 
 def test_a_missing_stage_suggests_nothing_built_in(install_plugin, first_stage, tmp_path):
     install_plugin("grayscale", GRAYSCALE)
-    recipe = write(tmp_path / "gray.toml", STAGE2.format(name="grayscale", extra="", first=first_stage))
+    recipe = write(tmp_path / "gray.toml", stage2("grayscale", first_stage))
     out = vqt("train-stage2", str(recipe), "--out", str(tmp_path / "run"), code=1)
     assert out == (f"Error: {recipe}: condition 'grayscale' needs its VQGAN: set condition.stage to a bundle "
                    "trained with 'vqt train-stage1' on a recipe with the same [condition] and model.in_channels "
@@ -395,7 +351,7 @@ def test_tokens_with_a_default_match_the_default_written_out(install_plugin, fir
     """The docs' tone plugin (options, no VQGAN): shards made with `standard` left at its default are
     the same as with the default spelled out, and differ from another value."""
     install_plugin("tone", TONE)
-    recipe = write(tmp_path / "tone.toml", STAGE2.format(name="tone", extra="", first=first_stage))
+    recipe = write(tmp_path / "tone.toml", stage2("tone", first_stage))
     shards = tmp_path / "tokens"
     vqt("tokenize", str(recipe), "--out", str(shards))
     manifest = json.loads((shards / "manifest.json").read_text())
