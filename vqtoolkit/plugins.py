@@ -3,7 +3,8 @@
 Built-in plugins are entries of the same group as third-party ones (see pyproject.toml), so the
 core never imports them. ``VQT_LOAD_PLUGINS`` restricts loading: a comma-separated list of plugin
 names to load besides the built-ins (empty: built-ins only; unset: everything installed).
-A plugin that fails to import, or whose hook raises, is recorded by name and skipped.
+A plugin that fails to import, whose hook raises, or whose registration is invalid or takes a
+name already registered is recorded by name with the reason and skipped; the others keep working.
 
 The manager also owns what plugins register (the condition registry, gathered on first use), so
 forgetting the manager forgets everything it loaded.
