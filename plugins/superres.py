@@ -50,6 +50,7 @@ class SuperresCondition(Condition):
     description = "Low-resolution images (bicubic, factor 8) upscaled and encoded by a VQGAN."
     kind = "spatial"
     Options = SuperresOptions
+    read_size = "any"  # --cond is the small image; read() checks it and enlarges it to --size
 
     def stage_channels(self, options: SuperresOptions) -> int:
         return 3

@@ -23,29 +23,37 @@ def fresh_plugins(monkeypatch):
     plugins.reset()
 
 
+def write_plugin(site: Path, name: str, source: str, version: str = "1.0") -> str:
+    """A throwaway plugin distribution in folder `site`: module vqt_test_<name> plus a dist-info
+    whose entry point names it; importlib.metadata finds it on sys.path as it finds a pip install."""
+    site.mkdir(parents=True, exist_ok=True)
+    module = f"vqt_test_{name}"
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = site / f"vqt_test_{name}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vqt-test-{name}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{name} = {module}\n")
+    return module
+
+
+def forget_plugin_modules() -> None:
+    for mod in [m for m in sys.modules if m.startswith("vqt_test_")]:
+        del sys.modules[mod]
+
+
 @pytest.fixture
 def install_plugin(tmp_path, monkeypatch):
-    """Install a throwaway plugin distribution: a module plus a dist-info with an entry point.
-
-    importlib.metadata finds it on sys.path exactly as it finds a pip-installed package.
-    """
+    """Install a throwaway plugin distribution (see `write_plugin`) for one test."""
 
     def install(name: str, source: str, version: str = "1.0") -> str:
         site = tmp_path / f"site_{name}"
-        site.mkdir()
-        module = f"vqt_test_{name}"
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        dist = site / f"vqt_test_{name}-{version}.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vqt-test-{name}\nVersion: {version}\n")
-        (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{name} = {module}\n")
+        module = write_plugin(site, name, source, version)
         monkeypatch.syspath_prepend(str(site))
         plugins.reset()
         return module
 
     yield install
-    for mod in [m for m in sys.modules if m.startswith("vqt_test_")]:
-        del sys.modules[mod]
+    forget_plugin_modules()
 
 
 def write(path: Path, text: str) -> Path:

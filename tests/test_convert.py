@@ -359,7 +359,7 @@ def test_bare_state_dict_and_one_channel_model(tmp_path):
     convert_checkpoint(tmp_path / "depth.ckpt", tmp_path / "depth.safetensors", condition="depth")
     model = Stage1Model.load(tmp_path / "depth.safetensors")
     assert (model.model_config.in_channels, model.model_config.out_channels) == (1, 1)
-    assert load_bundle(tmp_path / "depth.safetensors").condition == {"name": "depth", "options": {}}
+    assert load_bundle(tmp_path / "depth.safetensors").condition == stored("depth", {})
     x = torch.rand(1, 1, 8, 8)
     z = conv(model.vqgan.encoder(x), sd, "quant_conv")
     assert torch.equal(model.encode(x), nearest_codes(z, sd["quantize.embedding.weight"]))
@@ -394,9 +394,14 @@ def test_segmentation_model_drops_colorize(tmp_path, foreign):
     report = convert_checkpoint(tmp_path / "seg.ckpt", tmp_path / "seg.safetensors")
     assert report.source == "VQSegmentationModel" and "colorize" in report.dropped
     bundle = load_bundle(tmp_path / "seg.safetensors")
-    assert bundle.condition == {"name": "segmentation", "options": {"n_labels": 5}}
+    assert bundle.condition == stored("segmentation", {"n_labels": 5})
     assert "vqgan.colorize" not in bundle.tensors
     assert Stage1Model.from_bundle(bundle).model_config.in_channels == 5
+
+
+def stored(name, options):
+    """A converted bundle's condition as vqtoolkit stores it: every option, and the plugin."""
+    return {"name": name, "options": options, "plugin": {"name": name, "source": "built-in"}}
 
 
 # ---- stage 2 -----------------------------------------------------------------------------------------
@@ -447,14 +452,14 @@ def test_coordinates_and_class_conditions_come_from_the_config(tmp_path, foreign
 
     convert_checkpoint(tmp_path / "coord.ckpt", tmp_path / "coord.safetensors")
     bundle = load_bundle(tmp_path / "coord.safetensors")
-    assert bundle.condition == {"name": "coordinates", "options": {"n_codes": 16, "down_factor": 2}}
+    assert bundle.condition == stored("coordinates", {"n_codes": 16, "down_factor": 2})
     assert "sos_token" not in bundle.config
 
     with pytest.raises(CheckpointError, match="--condition 'depth' does not match"):
         convert_checkpoint(tmp_path / "cin.ckpt", tmp_path / "cin.safetensors", condition="depth")
     convert_checkpoint(tmp_path / "cin.ckpt", tmp_path / "cin.safetensors")
-    assert load_bundle(tmp_path / "cin.safetensors").condition == {"name": "class",
-                                                                   "options": {"n_classes": 10}}
+    assert load_bundle(tmp_path / "cin.safetensors").condition == stored("class", {"n_classes": 10,
+                                                                                 "label_dropout": 0.1})
 
 
 def test_vq_condition_stage_needs_its_name_and_heads(tmp_path):
@@ -472,7 +477,7 @@ def test_vq_condition_stage_needs_its_name_and_heads(tmp_path):
     assert sum("assumed 256" in w for w in report.warnings) == 2
     assert "cond_stage_model.loss.discriminator.main.0.weight" in report.dropped
     bundle = load_bundle(dst)
-    assert bundle.condition == bundle.config["condition"] == {"name": "depth", "options": {}}
+    assert bundle.condition == bundle.config["condition"] == stored("depth", {})
     cond = Stage1Model.from_bundle(bundle, "cond", "cond_stage")
     assert cond.model_config.in_channels == 1
     c = torch.rand(1, 1, 8, 8)

@@ -90,3 +90,29 @@ def test_every_builtin_condition_and_option_is_documented(name):
         default = field.default
         assert f"`{field.name}`" in section, f"option {name}.{field.name} is undocumented"
         assert f"default {default}" in section, f"the default of {name}.{field.name} ({default}) is undocumented"
+
+
+RECIPES_DOC = (DOCS / "recipes.md").read_text()
+
+
+def recipe_sections() -> dict[str, type]:
+    from vqtoolkit.config import Recipe
+
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(Recipe) if f.name != "path"}
+
+
+@pytest.mark.parametrize("section", sorted(recipe_sections()))
+def test_recipes_doc_lists_every_key_with_its_default(section):
+    """docs/recipes.md's table of each section holds exactly its keys, each with config.py's default."""
+    from vqtoolkit.recipes import _toml_value
+
+    heading = f"\n### [{section}]\n"
+    assert heading in RECIPES_DOC, f"docs/recipes.md lacks a '### [{section}]' table"
+    table = RECIPES_DOC.split(heading, 1)[1].split("\n#", 1)[0]
+    documented = dict(re.findall(r"^\| `(\w+)` \| `(.*?)` \|", table, flags=re.M))
+    cls = recipe_sections()[section]
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.name != "options"}
+    assert set(documented) == set(defaults), f"[{section}]: documented keys differ from config.py"
+    for key, value in defaults.items():
+        want = _toml_value(list(value) if isinstance(value, tuple) else value)
+        assert documented[key] == want, f"{section}.{key}: docs say {documented[key]}, config.py has {want}"

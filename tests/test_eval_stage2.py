@@ -155,7 +155,7 @@ def first_stage(tmp_path_factory) -> Path:
 
 def spec(name: str, stage: Stage1Model, **options) -> ConditionSpec:
     condition = get_condition(name)
-    return ConditionSpec(condition, condition.parse_options(options, "test"), options, stage)
+    return ConditionSpec(condition, condition.parse_options(options, "test"), stage)
 
 
 def tiny_model(first: Stage1Model, condition: ConditionSpec | None, seed: int) -> Stage2Model:

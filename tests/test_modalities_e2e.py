@@ -106,7 +106,7 @@ def test_modality_trains_and_samples(name, image_vqgan, tmp_path):
     # The training grid shows each held-out condition beside its sample.
     recipe = load_recipe(RECIPES / f"quickstart-{name}.toml", extra)
     options = condition.parse_options(recipe.condition.options, "test")
-    val = WithCondition(SyntheticScenes(2, SIZE, seed=SEED + 7919, train=False), ConditionSpec(condition, options, {}, None))
+    val = WithCondition(SyntheticScenes(2, SIZE, seed=SEED + 7919, train=False), ConditionSpec(condition, options, None))
     expected = condition.render(val[0]["cond_raw"], options)
     grid = np.asarray(Image.open(sorted((run / "samples").glob("samples_*.png"))[-1]))
     np.testing.assert_array_equal(top_left(grid, expected), expected)

@@ -61,7 +61,7 @@ def test_paired_conditions_are_cut_like_their_image(paired_root):
     edge_c, edge_o = cond("edge")
     assert torch.allclose(edge_c.from_item(item, edge_o), -torch.ones(1, 16, 16))  # the file, not Canny
     assert torch.allclose(edge_c.from_item(data[1], edge_o), torch.ones(1, 16, 16))
-    loader_item = WithCondition(data, ConditionSpec(*cond("class"), {}, None))[1]
+    loader_item = WithCondition(data, ConditionSpec(*cond("class"), None))[1]
     assert loader_item["cond_raw"].tolist() == [1]
 
 

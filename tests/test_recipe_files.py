@@ -90,7 +90,7 @@ def _drin_gpt() -> torch.nn.Module:
         first = Stage1Model.build(first_recipe.model, first_recipe.quantizer)
         stage = Stage1Model.build(stage_recipe.model, stage_recipe.quantizer)
         condition = get_condition("depth")
-        spec = ConditionSpec(condition, condition.parse_options({}, "drin-depth"), {}, stage)
+        spec = ConditionSpec(condition, condition.parse_options({}, "drin-depth"), stage)
         return build_gpt(recipe, first, spec)
 
 

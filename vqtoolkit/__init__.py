@@ -4,7 +4,9 @@ The public face, for scripts and for plugins:
 
     from vqtoolkit import Stage1Model, Stage2Model          # the two model objects
     from vqtoolkit import Condition, NoOptions, hookimpl    # what a conditioning plugin implements
-    from vqtoolkit import crop_like, load_image, to_tensor  # helpers plugins read their data with
+    from vqtoolkit import paired_array, load_image, to_tensor  # helpers plugins read their data with
+
+docs/plugin_hooks.md ("What a plugin may import") lists every name here that plugins may rely on.
 
 Names load on first use (PEP 562), so `import vqtoolkit` and `vqt --help` stay free of torch.
 """
@@ -30,6 +32,8 @@ _EXPORTS = {
     "PluginError": "errors",
     "CheckpointError": "errors",
     "crop_like": "data",
+    "paired_array": "data",
+    "DataSource": "data",
     "load_image": "images",
     "load_array": "images",
     "load_label_map": "images",

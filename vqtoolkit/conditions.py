@@ -8,16 +8,18 @@ third-party one. This module holds no state.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from .errors import PluginError
+from .errors import PluginError, VqtError
 from .recipes import build_section
 
 Kind = Literal["spatial", "global", "positional"]
+ReadSize = Literal["sample", "any"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,10 @@ class Condition:
 
     A *raw* condition is what the condition stage reads: a float tensor (C, H, W) aligned with the
     image for spatial/positional kinds, an int64 tensor (L,) for global ones. `Options` is a frozen
-    dataclass of this modality's keys in a recipe's [condition] section.
+    dataclass of this modality's keys in a recipe's [condition] section, every one with a default.
+    `read_size` says what `vqt sample --cond FILE` takes for a spatial kind: "sample", a file of
+    exactly the sample's size (the core checks an image or .npy file before `read` is called), or
+    "any" (e.g. a low-resolution image: `read` checks the file itself).
     """
 
     name: ClassVar[str] = ""
@@ -42,6 +47,7 @@ class Condition:
     kind: ClassVar[Kind] = "spatial"
     Options: ClassVar[type] = NoOptions
     has_stage: ClassVar[bool] = True  # encoded by a VQGAN of its own (trained with train-stage1)
+    read_size: ClassVar[ReadSize] = "sample"  # spatial kinds: the --cond file has the sample's size
 
     def parse_options(self, raw: dict[str, Any], where: str) -> Any:
         """Check the recipe's [condition] keys against `Options`."""
@@ -90,6 +96,39 @@ class Condition:
         return {}
 
 
+def option_values(options: Any) -> dict[str, Any]:
+    """Parsed options as complete, JSON-able values (defaults included, tuples as lists): what
+    bundles, token manifests and run folders store, and what is compared between them."""
+    return {f.name: _plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _check_options(condition: Condition, plugin: str) -> None:
+    """Options must be a dataclass whose every field has a default that passes its own checks: a
+    bundle or recipe that leaves an option out is read with the default."""
+    name, options = condition.name, condition.Options
+    where = f"condition '{name}' from plugin {plugin}"
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise PluginError(f"{where}: Options is {options!r}; expected a dataclass "
+                          "(@dataclass(frozen=True) class Options: key: type = default)")
+    for f in dataclasses.fields(options):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PluginError(f"{where}: option '{f.name}' of {options.__name__} has no default; every "
+                              f"condition option needs one ({f.name}: <type> = <default>), so recipes and "
+                              "bundles that leave it out still work")
+    try:
+        options()
+    except (VqtError, TypeError, ValueError) as e:
+        raise PluginError(f"{where}: {options.__name__}() with its defaults is refused: {e}") from None
+
+
 @dataclass(frozen=True)
 class Registered:
     condition: Condition
@@ -105,14 +144,20 @@ class ConditionRegistry:
 
     def register(self, condition: Condition) -> None:
         name = getattr(condition, "name", "")
+        if isinstance(condition, type) and issubclass(condition, Condition):
+            raise PluginError(f"plugin {self._plugin} registered the class {condition.__name__}, not an "
+                              f"instance; call registry.register({condition.__name__}())")
         if not isinstance(condition, Condition) or not name:
             raise PluginError(f"plugin {self._plugin} registered {condition!r}; expected a "
                               "vqtoolkit.conditions.Condition instance with a non-empty name")
         if condition.kind not in ("spatial", "global", "positional"):
             raise PluginError(f"condition '{name}' from plugin {self._plugin} has kind "
                               f"{condition.kind!r}; expected 'spatial', 'global' or 'positional'")
-        if name in self._store:
-            other = self._store[name].plugin
-            raise PluginError(f"condition '{name}' is registered twice: by plugin {other} and by "
-                              f"plugin {self._plugin}; uninstall one or restrict VQT_LOAD_PLUGINS")
+        if condition.read_size not in ("sample", "any"):
+            raise PluginError(f"condition '{name}' from plugin {self._plugin} has read_size "
+                              f"{condition.read_size!r}; expected 'sample' or 'any'")
+        _check_options(condition, self._plugin)
+        if name in self._store:  # (each plugin fills a registry of its own: clashes between plugins
+            # are the plugin manager's to report)
+            raise PluginError(f"plugin {self._plugin} registers condition '{name}' twice; register each once")
         self._store[name] = Registered(condition, self._plugin)

@@ -210,6 +210,34 @@ def load_label_map(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     return arr
 
 
+def pixel_size(path: PathLike) -> tuple[int, int] | None:
+    """(H, W) of an image (as read: EXIF rotation applied) or a 2-D .npy file, from its header
+    alone; None when `path` is no file whose size can be read this way (a .json, a number, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".npy":
+        try:
+            with open(path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape = read_header(f)[0]
+        except (ValueError, OSError, EOFError):
+            return None
+        if len(shape) == 3 and shape[0] == 1:
+            shape = shape[1:]
+        return (int(shape[0]), int(shape[1])) if len(shape) in (2, 3) else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (w, h) if rotated else (h, w)
+
+
 # --------------------------------------------------------------------------------------------
 # Tensors
 

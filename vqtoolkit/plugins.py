@@ -3,7 +3,8 @@
 Built-in plugins are entries of the same group as third-party ones (see pyproject.toml), so the
 core never imports them. ``VQT_LOAD_PLUGINS`` restricts loading: a comma-separated list of plugin
 names to load besides the built-ins (empty: built-ins only; unset: everything installed).
-A plugin that fails to import, or whose hook raises, is recorded by name and skipped.
+A plugin that fails to import, whose hook raises, or whose registration is invalid or takes a
+name already registered is recorded by name with the reason and skipped; the others keep working.
 
 The manager also owns what plugins register (the condition registry, gathered on first use), so
 forgetting the manager forgets everything it loaded.
@@ -36,7 +37,12 @@ class PluginInfo:
     name: str
     source: str  # "built-in" or "<distribution> <version>"
     hooks: list[str] = field(default_factory=list)
-    error: str = ""  # why it was skipped, if it was
+    error: str = ""  # why it (or one of its hooks) was skipped, if it was
+
+    def fail(self, reason: str) -> None:
+        """Record (and log, once) why this plugin or one of its hooks was skipped."""
+        self.error = f"{self.error}; {reason}" if self.error else reason
+        log.warning("plugin %s: %s", self.name, reason)
 
 
 @dataclass
@@ -49,44 +55,73 @@ class PluginManager:
     def info(self, name: str) -> PluginInfo:
         return next(p for p in self.plugins if p.name == name)
 
-    def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]],
-                  conflicts_fatal: bool = True) -> None:
-        """Call a hook plugin by plugin with `kwargs_for(plugin_name)`.
+    def failed(self) -> list[PluginInfo]:
+        """The plugins that failed to load, or whose hook was skipped."""
+        return [p for p in self.plugins if p.error]
 
-        A plugin whose hook raises is reported and skipped; the rest still run. A VqtError (such as
-        a duplicate condition name) is a conflict the user must resolve, so it propagates when
-        `conflicts_fatal` (commands pass False: a plugin must never break `vqt --help`).
+    def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]],
+                  accept: Callable[[str, bool], str] | None = None) -> None:
+        """Call a hook plugin by plugin, built-ins first, with `kwargs_for(plugin_name)`.
+
+        A plugin whose hook raises is reported and skipped; the rest still run. `accept(plugin, ok)`,
+        called after each call, keeps what the plugin added (ok: the hook returned) or discards it,
+        and returns why it refused (a clash) or "". Built-ins go first so that a third party
+        clashing with one is the one skipped.
         """
+        order = {info.name: (info.source != "built-in", i) for i, info in enumerate(self.plugins)}
         hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
+        for impl in sorted(hook.get_hookimpls(), key=lambda impl: order[impl.plugin_name]):
             wanted = {k: v for k, v in kwargs_for(impl.plugin_name).items() if k in impl.argnames}
             try:
                 impl.function(**wanted)
             except Exception as e:  # a broken plugin must not take down the rest
-                if isinstance(e, VqtError) and conflicts_fatal:
-                    raise
                 # a VqtError is already worded for users; any other error needs its type to make sense
                 reason = str(e) if isinstance(e, VqtError) else f"{type(e).__name__}: {e}"
-                info = self.info(impl.plugin_name)
-                info.error = f"{hook_name} failed: {reason}"
-                log.warning("plugin %s: %s", impl.plugin_name, info.error)
+                self.info(impl.plugin_name).fail(f"{hook_name} failed, so it was skipped: {reason}")
+                if accept:
+                    accept(impl.plugin_name, False)
+                continue
+            refused = accept(impl.plugin_name, True) if accept else ""
+            if refused:
+                self.info(impl.plugin_name).fail(f"{hook_name} was skipped: {refused}")
+
+    def _gather(self, hook_name: str, what: str, registry: Callable[[dict[str, Any], str], Any]) -> dict[str, Any]:
+        """Run a registering hook: each plugin fills a registry of its own, merged into the whole
+        only when the hook succeeds and none of its names is taken, so a failing plugin leaves
+        nothing half-registered and never removes another's entries."""
+        store: dict[str, Any] = {}
+        pending: dict[str, dict[str, Any]] = {}
+
+        def kwargs_for(plugin: str) -> dict[str, Any]:
+            pending[plugin] = {}
+            return {"registry": registry(pending[plugin], plugin)}
+
+        def accept(plugin: str, ok: bool) -> str:
+            own = pending.pop(plugin)
+            if not ok:
+                return ""
+            taken = sorted(set(own) & set(store))
+            if taken:
+                other = store[taken[0]].plugin
+                return (f"{what} '{taken[0]}' is already registered by plugin {other} "
+                        f"({self.info(other).source}); rename yours, or uninstall one of the two plugins "
+                        "(or restrict VQT_LOAD_PLUGINS)")
+            store.update(own)
+            return ""
+
+        self.call_each(hook_name, kwargs_for, accept)
+        return store
 
     def conditions(self) -> dict[str, Registered]:
         """All registered conditions by name (runs `vqt_register_conditions` on first use)."""
         if self._conditions is None:
-            store: dict[str, Registered] = {}
-            self.call_each("vqt_register_conditions",
-                           lambda plugin: {"registry": ConditionRegistry(store, plugin)})
-            self._conditions = store
+            self._conditions = self._gather("vqt_register_conditions", "condition", ConditionRegistry)
         return self._conditions
 
     def data_sources(self) -> dict[str, RegisteredSource]:
         """All registered data sources by name (runs `vqt_register_data_sources` on first use)."""
         if self._data_sources is None:
-            store: dict[str, RegisteredSource] = {}
-            self.call_each("vqt_register_data_sources",
-                           lambda plugin: {"registry": DataSourceRegistry(store, plugin)})
-            self._data_sources = store
+            self._data_sources = self._gather("vqt_register_data_sources", "data source", DataSourceRegistry)
         return self._data_sources
 
 
@@ -132,15 +167,12 @@ def load_plugins() -> PluginManager:
             module = ep.load()
             pm.register(module, name=ep.name)
         except Exception as e:  # any import-time failure of a plugin
-            info.error = f"failed to load: {type(e).__name__}: {e}"
-            log.warning("plugin %s %s", ep.name, info.error)
+            info.fail(f"failed to load: {type(e).__name__}: {e}")
             continue
-        try:
-            pm.check_pending()  # a misspelled hook name (e.g. vqt_register_condition)
-        except pluggy.PluginValidationError as e:
+        unknown = _unknown_hooks(pm, module, ep.name)
+        if unknown:
             pm.unregister(name=ep.name)
-            info.error = f"implements an unknown hook: {e}"
-            log.warning("plugin %s %s", ep.name, info.error)
+            info.fail(unknown)
             continue
         info.hooks = sorted(_hook_names(pm, ep.name))
     return PluginManager(pm, infos)
@@ -149,6 +181,21 @@ def load_plugins() -> PluginManager:
 def _hook_names(pm: pluggy.PluginManager, name: str) -> list[str]:
     plugin = pm.get_plugin(name)
     return [caller.name for caller in (pm.get_hookcallers(plugin) or [])]
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, module: Any, name: str) -> str:
+    """Why a plugin's hooks cannot work: a marked function no hook is called (a misspelling), or a
+    function named like a hook without the @hookimpl marker (pluggy would silently ignore it).
+    Empty when all is well."""
+    known = [n for n in vars(hookspecs) if n.startswith("vqt_")]
+    problems = [f"implements the unknown hook '{caller.name}'{did_you_mean(caller.name, known)}"
+                for caller in pm.get_hookcallers(pm.get_plugin(name)) or [] if caller.spec is None]
+    marked = set(_hook_names(pm, name))
+    problems += [f"its function '{attr}' is not marked with @hookimpl (from vqtoolkit import hookimpl), "
+                 "so it would never be called"
+                 for attr, value in sorted(vars(module).items())
+                 if attr in known and attr not in marked and callable(value)]
+    return "; ".join(problems) + ("; the plugin was skipped" if problems else "")
 
 
 def get_plugin_manager() -> PluginManager:
@@ -170,42 +217,51 @@ def registered() -> dict[str, Registered]:
     return get_plugin_manager().conditions()
 
 
+def skipped_note() -> str:
+    """'; plugin x failed and was skipped', or '' when none failed: a missing name may be theirs."""
+    failed = [p.name for p in get_plugin_manager().failed()]
+    if not failed:
+        return ""
+    many = len(failed) > 1
+    return f"; plugin{'s' * many} {', '.join(failed)} failed and {'were' if many else 'was'} skipped"
+
+
 def get_condition(name: str) -> Condition:
     """The condition registered as `name`, or an error with a suggestion."""
     conditions = registered()
     if name not in conditions:
-        raise PluginError(f"unknown condition '{name}'{did_you_mean(name, conditions)} "
+        raise PluginError(f"unknown condition '{name}'{did_you_mean(name, conditions)}{skipped_note()} "
                           "(see 'vqt plugins')")
     return conditions[name].condition
+
+
+def provider(name: str) -> dict[str, str]:
+    """Which plugin registered condition `name`, and its source ("built-in", "vqt-foo 1.2"): stored
+    in bundles so that a model whose plugin is missing can name what to install."""
+    plugin = registered()[name].plugin
+    return {"name": plugin, "source": get_plugin_manager().info(plugin).source}
 
 
 def get_data_source(name: str) -> DataSource:
     """The data source registered as `name` (a recipe's `data.source`), or an error with a suggestion."""
     sources = get_plugin_manager().data_sources()
     if name not in sources:
-        raise PluginError(f"unknown data source '{name}'{did_you_mean(name, sources)} (choose from "
-                          f"{', '.join(sorted(sources))}; see 'vqt plugins')")
+        raise PluginError(f"unknown data source '{name}'{did_you_mean(name, sources)}{skipped_note()} (choose "
+                          f"from {', '.join(sorted(sources))}; see 'vqt plugins')")
     return sources[name].source
 
 
 def describe() -> dict[str, Any]:
-    """What `vqt plugins` shows: each plugin with its source, hooks, error and conditions, and the
-    conditions by name; `error` is a registration conflict that stopped the conditions loading."""
+    """What `vqt plugins` shows: each plugin with its source, hooks, error, conditions and data
+    sources; the conditions and sources by name; and `failed`, the plugins that were skipped."""
     manager = get_plugin_manager()
-    conflict = None
-    try:
-        conditions = registered()
-    except VqtError as e:
-        conditions, conflict = {}, str(e)
-    try:
-        sources = manager.data_sources()
-    except VqtError as e:
-        sources, conflict = {}, conflict or str(e)
+    conditions = registered()
+    sources = manager.data_sources()
     rows = [{"name": info.name, "source": info.source, "hooks": info.hooks, "error": info.error or None,
              "conditions": sorted(n for n, r in conditions.items() if r.plugin == info.name),
              "data_sources": sorted(n for n, r in sources.items() if r.plugin == info.name)}
             for info in manager.plugins]
-    return {"plugins": rows, "error": conflict,
+    return {"plugins": rows, "failed": [info.name for info in manager.failed()],
             "conditions": {n: {"plugin": r.plugin, "kind": r.condition.kind,
                                "description": r.condition.description}
                            for n, r in sorted(conditions.items())},

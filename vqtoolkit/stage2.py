@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from .checkpoint import Bundle, load_bundle, load_state, module_tensors, save_bundle
+from .condition_options import NO_CONDITION, check_same_options, condition_meta, read_stored
 from .conditions import Condition
 from .errors import CheckpointError, ImageError, RecipeError, VqtError
+from .images import pixel_size
 from .models.transformer import GPT, GPTConfig
 from .recipes import ConditionConfig
 from .plugins import get_condition
@@ -38,7 +40,6 @@ class ConditionSpec:
 
     condition: Condition
     options: Any
-    raw_options: dict[str, Any]
     stage: Stage1Model | None
 
     @classmethod
@@ -50,11 +51,13 @@ class ConditionSpec:
         stage = None
         if condition.has_stage:
             if not cfg.stage:
+                channels = condition.stage_channels(options)
                 raise RecipeError(f"{where}: condition '{cfg.name}' needs its VQGAN: set condition.stage to a "
-                                  f"bundle trained with 'vqt train-stage1' (e.g. a quickstart-{cfg.name} recipe)")
+                                  "bundle trained with 'vqt train-stage1' on a recipe with the same [condition] "
+                                  f"and model.in_channels = model.out_channels = {channels}")
             stage = Stage1Model.load(cfg.stage, device)
-            _check_stage(condition, options, stage, cfg.stage)
-        return cls(condition, options, dict(cfg.options), stage)
+            _check_stage(condition, options, stage, cfg.stage, where)
+        return cls(condition, options, stage)
 
     @property
     def name(self) -> str:
@@ -78,8 +81,22 @@ class ConditionSpec:
         return self.condition.from_item(item, self.options)
 
     def read(self, spec: str, size: tuple[int, int]) -> torch.Tensor:
-        """The raw condition from `vqt sample --cond SPEC` for an image of `size` (H, W)."""
-        return self.condition.read(spec, size, self.options)
+        """The raw condition from `vqt sample --cond SPEC` for an image of `size` (H, W).
+
+        For spatial kinds the core checks the file's size before the plugin reads it, and the raw
+        condition's size after: a map of another size would be misplaced, whatever the plugin checks."""
+        want = f"--size {size[1]}x{size[0]}"
+        if self.condition.kind == "spatial" and self.condition.read_size == "sample":
+            found = pixel_size(spec)
+            if found is not None and found != tuple(size):
+                raise ImageError(f"--cond {spec} is {found[1]}x{found[0]} pixels but {want}; condition "
+                                 f"'{self.name}' needs a file of exactly the sample size")
+        raw = self.condition.read(spec, size, self.options)
+        if self.grid_like and tuple(raw.shape[-2:]) != tuple(size):
+            raise ImageError(f"--cond {spec}: condition '{self.name}' read it as a {raw.shape[-1]}x"
+                             f"{raw.shape[-2]} map but {want}; its plugin's read() must return (C, H, W) "
+                             "at the sample size")
+        return raw
 
     def render(self, raw: torch.Tensor) -> Any:
         """An RGB uint8 (H, W, 3) picture of a raw condition."""
@@ -98,13 +115,19 @@ class ConditionSpec:
         return self.condition.fidelity(images, raw, self.options)
 
     def meta(self) -> dict[str, Any]:
-        return {"name": self.name, "options": self.raw_options}
+        """The name, every option (defaults included) and the plugin: what bundles and manifests store."""
+        return condition_meta(self.condition, self.options)
 
 
-def _check_stage(condition: Condition, options: Any, stage: Stage1Model, path: str) -> None:
+def _check_stage(condition: Condition, options: Any, stage: Stage1Model, path: str, where: str) -> None:
     trained_for = stage.condition.get("name")
     if trained_for and trained_for != condition.name:
         raise VqtError(f"condition stage {path} was trained for '{trained_for}', not '{condition.name}'")
+    if trained_for:  # (the image VQGAN may serve as a stage too: it records no condition)
+        _, trained_with = read_stored(stage.condition, f"condition stage {path}")
+        check_same_options(condition, trained_with, options, f"condition stage {path}", where,
+                           "set the recipe's options as the stage was trained, or train a condition stage "
+                           "with these options")
     want = condition.stage_channels(options)
     have = stage.model_config.in_channels
     if want != have:
@@ -119,8 +142,8 @@ def check_condition_grid(spec: ConditionSpec | None, raw: torch.Tensor, grid: tu
     tokens = spec.tokens(raw[None])  # (1, h, w)
     if tuple(tokens.shape[1:]) != tuple(grid):
         raise RecipeError(f"{where}: condition '{spec.name}' gives a {tokens.shape[2]}x{tokens.shape[1]} token "
-                          f"grid but the image gives {grid[1]}x{grid[0]} codes; its VQGAN (or down_factor) "
-                          "must use the image VQGAN's factor f")
+                          f"grid but the image gives {grid[1]}x{grid[0]} codes; its tokens must use the image "
+                          "VQGAN's factor f (a condition VQGAN with as many downsamplings)")
 
 
 def prefix_length(spec: ConditionSpec | None, window: int, global_tokens: int = 1) -> int:
@@ -152,7 +175,7 @@ class Stage2Model:
         config: dict[str, Any] = {
             "first_stage": self.first_stage.config(),
             "transformer": {**architecture, "window": self.window},
-            "condition": self.condition.meta() if self.condition else {"name": "", "options": {}},
+            "condition": self.condition.meta() if self.condition else NO_CONDITION,
             "sos_token": self.sos_token,
         }
         if self.condition and self.condition.stage:
@@ -180,13 +203,12 @@ class Stage2Model:
         spec = None
         cond = config.get("condition") or {}
         if cond.get("name"):
-            condition = get_condition(cond["name"])
-            options = condition.parse_options(cond.get("options", {}), f"{bundle.path} (condition)")
+            condition, options = read_stored(cond, f"model bundle {bundle.path}")
             stage = Stage1Model.from_bundle(bundle, "cond", "cond_stage") if "cond_stage" in config else None
             if condition.has_stage and stage is None:
                 raise CheckpointError(f"{bundle.path} is damaged: condition '{condition.name}' needs its "
                                       "VQGAN, but the bundle has no cond_stage")
-            spec = ConditionSpec(condition, options, dict(cond.get("options", {})), stage)
+            spec = ConditionSpec(condition, options, stage)
         t = config["transformer"]
         gpt = GPT(GPTConfig(**{k: t[k] for k in ARCHITECTURE_KEYS}))  # dropouts off: an inference model
         load_state(gpt, bundle.namespace("transformer"), f"{bundle.path} (transformer.*)")
@@ -252,9 +274,10 @@ class Stage2Model:
                            f"(or --class for class conditions)")
         tokens = self.condition.tokens(raw[None].to(self.device))  # (1, h, w) or (1, L)
         if tokens.ndim == 3 and tuple(tokens.shape[1:]) != grid:
-            raise VqtError(f"the '{self.condition.name}' condition encodes to a {tokens.shape[2]}x"
-                           f"{tokens.shape[1]} grid but the image grid is {grid[1]}x{grid[0]} codes; "
-                           "its VQGAN (or down_factor) must use the image VQGAN's factor f")
+            raise VqtError(f"the '{self.condition.name}' condition encodes a {raw.shape[-1]}x{raw.shape[-2]} "
+                           f"map to a {tokens.shape[2]}x{tokens.shape[1]} grid but the image grid is "
+                           f"{grid[1]}x{grid[0]} codes; its tokens must use the image VQGAN's factor "
+                           f"f = {self.factor}")
         return tokens.expand(n, *tokens.shape[1:])
 
     @torch.no_grad()
@@ -274,7 +297,8 @@ class Stage2Model:
         if cfg_scale != 1.0:
             null = self.condition.null_tokens() if self.condition else None
             if null is None:
-                raise VqtError(f"--cfg-scale needs a condition trained with a null token (e.g. class); "
+                raise VqtError(f"--cfg-scale needs a condition whose plugin gives null tokens (a null_tokens "
+                               f"method, trained with label dropout); "
                                f"this model's is '{self.condition.name if self.condition else 'none'}'")
             gpt = GuidedGPT(self.gpt, null.to(self.device), cfg_scale)
         generator = torch.Generator(device=self.device).manual_seed(seed)

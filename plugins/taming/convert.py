@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vqtoolkit.stage1 import build_vqgan
 from vqtoolkit.checkpoint import load_state, save_bundle
+from vqtoolkit.condition_options import complete_meta
 from vqtoolkit.errors import CheckpointError, RecipeError
 from vqtoolkit.fileio import check_new
 from vqtoolkit.models.quantize import build_quantizer
@@ -172,9 +173,11 @@ def _convert_vqgan(sd: dict[str, Tensor], prefix: str, params: dict[str, Any], c
 
 
 def _stage1_condition(stage: _Stage1, name: str | None) -> dict[str, Any]:
-    if name == "segmentation":
-        return {"name": name, "options": {"n_labels": stage.n_labels or stage.model.in_channels}}
-    return {"name": name, "options": {}} if name else {}
+    """The condition a VQGAN encodes, with every option (as vqtoolkit's own bundles store it)."""
+    if not name:
+        return {}
+    options = {"n_labels": stage.n_labels or stage.model.in_channels} if name == "segmentation" else {}
+    return complete_meta(name, options, f"--condition {name}")
 
 
 # ---- conversion -----------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def _parameterless_condition(src: Path, project: Project | None, target: str | N
     if condition is not None and condition != found["name"]:
         raise CheckpointError(f"--condition {condition!r} does not match the checkpoint's condition stage "
                               f"{target} (condition {found['name']!r})")
-    return found, sos
+    return complete_meta(found["name"], found["options"], where), sos
 
 
 def _required(params: dict[str, Any], key: str, where: str) -> int:

@@ -107,6 +107,7 @@ def _stage2(data: str, model_path: str, baseline_path: str | None, size: int | N
     dataset = WithCondition(images, model.condition) if model.condition is not None else images
     figures: dict[str, Any] = {"kind": "stage2", "n": len(dataset), "window": model.window,
                                "condition": model.condition.name if model.condition else None,
+                               "condition_options": model.condition.meta()["options"] if model.condition else None,
                                **likelihood_figures(model, dataset)}
     if baseline is not None:
         figures.update(baseline_figures(model, baseline, images, figures["bits_per_token"], baseline_path))

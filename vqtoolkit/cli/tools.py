@@ -7,31 +7,43 @@ import json
 import click
 
 
+def _table(rows: list[list[str]], indent: str = "") -> list[str]:
+    """Rows as columns as wide as their longest cell (the last column is left ragged)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]]).rstrip()
+            for row in rows]
+
+
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins_command(as_json: bool) -> None:
-    """List loaded plugins, where they come from, their hooks and conditions."""
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List loaded plugins, where they come from, their hooks and conditions.
+
+    Exits with status 1 when a plugin failed to load or one of its hooks was skipped."""
     from ..plugins import describe
 
     listing = describe()
     if as_json:
         click.echo(json.dumps(listing, indent=2))
-        return
-    rows = listing["plugins"]
-    width = max([len(r["name"]) for r in rows] + [6])
-    click.echo(f"{'PLUGIN':<{width}}  {'SOURCE':<18}  HOOKS / CONDITIONS")
-    for r in rows:
-        detail = f"error: {r['error']}" if r["error"] else ", ".join(r["hooks"])
-        if r["conditions"] or r["data_sources"]:
-            detail += "  [" + ", ".join(r["conditions"] + r["data_sources"]) + "]"
-        click.echo(f"{r['name']:<{width}}  {r['source']:<18}  {detail}")
-    if listing["conditions"]:
-        click.echo("\nCONDITIONS")
-        for name, r in listing["conditions"].items():
-            click.echo(f"  {name:<{width}}  {r['kind']:<10}  {r['description']}")
-    if listing["data_sources"]:
-        click.echo("\nDATA SOURCES")
-        for name, r in listing["data_sources"].items():
-            click.echo(f"  {name:<{width}}  {r['description']}")
-    if listing["error"]:
-        click.echo(f"\nError: {listing['error']}", err=True)
+    else:
+        rows = [["PLUGIN", "SOURCE", "HOOKS / CONDITIONS"]]
+        for r in listing["plugins"]:
+            detail = f"error: {r['error']}" if r["error"] else ", ".join(r["hooks"])
+            if r["conditions"] or r["data_sources"]:
+                detail += "  [" + ", ".join(r["conditions"] + r["data_sources"]) + "]"
+            rows.append([r["name"], r["source"], detail])
+        click.echo("\n".join(_table(rows)))
+        if listing["conditions"]:
+            click.echo("\nCONDITIONS")
+            click.echo("\n".join(_table([[name, r["kind"], r["description"]]
+                                         for name, r in listing["conditions"].items()], "  ")))
+        if listing["data_sources"]:
+            click.echo("\nDATA SOURCES")
+            click.echo("\n".join(_table([[name, r["description"]]
+                                         for name, r in listing["data_sources"].items()], "  ")))
+    if listing["failed"]:
+        failed = listing["failed"]
+        click.echo(f"Error: {len(failed)} plugin(s) failed and were skipped: {', '.join(failed)} "
+                   "(the error of each is listed above); fix or uninstall them", err=True)
+        ctx.exit(1)

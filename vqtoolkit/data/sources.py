@@ -57,8 +57,6 @@ class DataSourceRegistry:
         if not isinstance(source, DataSource) or not name:
             raise PluginError(f"plugin {self._plugin} registered {source!r}; expected a "
                               "vqtoolkit.data.DataSource instance with a non-empty name")
-        if name in self._store:
-            other = self._store[name].plugin
-            raise PluginError(f"data source '{name}' is registered twice: by plugin {other} and by "
-                              f"plugin {self._plugin}; uninstall one or restrict VQT_LOAD_PLUGINS")
+        if name in self._store:  # (clashes between plugins are the plugin manager's to report)
+            raise PluginError(f"plugin {self._plugin} registers data source '{name}' twice; register each once")
         self._store[name] = RegisteredSource(source, self._plugin)

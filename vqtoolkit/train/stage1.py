@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..condition_options import complete_recipe, condition_meta
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..errors import RecipeError
 from ..evaluation import evaluate
@@ -43,8 +44,9 @@ def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
     channels = condition.stage_channels(options)
     if recipe.model.in_channels != channels or recipe.model.out_channels != channels:
         raise RecipeError(f"{where}: condition '{condition.name}' gives {channels}-channel inputs; set "
-                          f"model.in_channels = model.out_channels = {channels} (and loss.disc_in_channels)")
-    spec = ConditionSpec(condition, options, dict(recipe.condition.options), None)
+                          f"model.in_channels = model.out_channels = {channels} (and loss.disc_in_channels = "
+                          f"{channels} when the discriminator switches on)")
+    spec = ConditionSpec(condition, options, None)
     train, val = stage1_datasets(recipe, 3)
     train = WithCondition(train, spec, as_image=True)
     val = WithCondition(val, spec, as_image=True) if val is not None else None
@@ -54,10 +56,16 @@ def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
 def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train a VQGAN as the recipe says; returns a summary (final step, held-out PSNR, usage)."""
+    recipe = complete_recipe(recipe)  # the run folder and the bundle store every condition option
     cfg = recipe.train
     if recipe.data.size % recipe.model.factor:
         raise RecipeError(f"{recipe.path or 'recipe'}: data.size = {recipe.data.size} is not a multiple of the "
                           f"model's factor f = {recipe.model.factor}")
+    gan_on = recipe.loss.disc_start < cfg.max_steps
+    if gan_on and recipe.loss.disc_in_channels != recipe.model.out_channels:
+        raise RecipeError(f"{recipe.path or 'recipe'}: loss.disc_in_channels = {recipe.loss.disc_in_channels} but "
+                          f"model.out_channels = {recipe.model.out_channels}; the discriminator reads the "
+                          f"reconstructions from step loss.disc_start = {recipe.loss.disc_start}, so set them equal")
     rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
                                architecture=("model", "quantizer"))
 
@@ -124,12 +132,10 @@ def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force
             _step(opt_disc, disc, cfg.grad_clip)
         return logs
 
-    condition_meta = ({"name": recipe.condition.name, "options": dict(recipe.condition.options)}
-                      if recipe.condition.name else None)
+    stored = condition_meta(condition, options) if recipe.condition.name else None
 
     def trained() -> Stage1Model:
-        return Stage1Model(ema.shadow if ema else vqgan, model.model_config, model.quantizer_config,
-                           condition_meta)
+        return Stage1Model(ema.shadow if ema else vqgan, model.model_config, model.quantizer_config, stored)
 
     def export(path: Path) -> None:
         trained().save(path, force=True)

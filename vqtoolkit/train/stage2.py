@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
+from ..condition_options import check_same_options, complete_recipe, read_stored
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..data.tokens import TokenShards, fingerprint
 from ..errors import RecipeError
@@ -57,11 +58,7 @@ def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | No
                           f"({shards.manifest.get('first_stage', {}).get('path', '?')}, fingerprint "
                           f"{have}) than transformer.first_stage = {recipe.transformer.first_stage} "
                           f"({want}); re-run 'vqt tokenize' with this model")
-    have_cond = shards.manifest.get("condition", {})
-    want_cond = spec.meta() if spec else {"name": "", "options": {}}
-    if have_cond != want_cond:
-        raise RecipeError(f"token shards in {recipe.data.tokens} carry condition {have_cond} but the "
-                          f"recipe's is {want_cond}; re-run 'vqt tokenize' with this recipe")
+    _check_shard_condition(shards.manifest.get("condition") or {}, spec, recipe)
     grid = min(shards.manifest.get("grid", [0, 0]))
     if grid < recipe.transformer.window:
         raise RecipeError(f"transformer.window = {recipe.transformer.window} is larger than the {grid}x{grid} "
@@ -71,6 +68,19 @@ def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | No
             raise RecipeError(f"token shards in {recipe.data.tokens} were made by another condition "
                               f"stage than condition.stage = {recipe.condition.stage}")
     return shards
+
+
+def _check_shard_condition(have: dict[str, Any], spec: ConditionSpec | None, recipe: Recipe) -> None:
+    """The shards' condition must be the recipe's, option by option with defaults filled in: a
+    default spelled out in one of them is no difference, any other value is."""
+    where, fix = f"token shards in {recipe.data.tokens}", "re-run 'vqt tokenize' with this recipe"
+    name, want = have.get("name", ""), spec.name if spec else ""
+    if name != want:
+        raise RecipeError(f"{where} carry condition '{name or 'none'}' but the recipe's is "
+                          f"'{want or 'none'}'; {fix}")
+    if spec is not None:
+        _, options = read_stored(have, where)
+        check_same_options(spec.condition, options, spec.options, where, recipe.path or "the recipe", fix)
 
 
 def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
@@ -110,6 +120,7 @@ ARCHITECTURE = ("transformer.first_stage", "transformer.n_layer", "transformer.n
 def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train the transformer as the recipe says; returns a summary (final step, held-out bits/token)."""
+    recipe = complete_recipe(recipe)  # the run folder and the bundle store every condition option
     cfg, t = recipe.train, recipe.transformer
     rt, run, state = start_run(recipe, out, resume=resume, force=force, device=device,
                                architecture=ARCHITECTURE)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import VqtError
+from ..condition_options import complete_table
 from ..recipes import Recipe, recipe_to_dict
 from .run_dir import RunDir
 
@@ -69,6 +70,8 @@ def same_architecture(state: dict[str, Any], recipe: Recipe, run: RunDir, keys: 
     for key in keys:
         section, _, name = key.partition(".")
         before, after = state["recipe"].get(section), now[section]
+        if section == "condition" and before:  # runs from before options were stored in full
+            before = complete_table(before, f"the training state in {run.path}")
         if name:
             before, after = (before or {}).get(name), after[name]
         if before != after:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..condition_options import NO_CONDITION, complete_recipe
 from ..data.recipe import WithCondition, training_dataset
 from ..data.tokens import fingerprint, tokenize
 from ..errors import VqtError
@@ -20,6 +21,7 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
                     batch_size: int = 16, progress_factory: Callable[[int], Callable[[int], None]] | None = None,
                     force: bool = False) -> dict[str, Any]:
     """Encode the recipe's data with its stage 1 (and condition stage) into shards under `out`."""
+    recipe = complete_recipe(recipe)
     path = model_path or recipe.transformer.first_stage
     if not path:
         raise VqtError("name the stage-1 bundle with --model or transformer.first_stage in the recipe")
@@ -32,7 +34,7 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
         check_condition_grid(spec, dataset[0]["cond_raw"].to(device), (grid, grid), recipe.path or "recipe")
     identity: dict[str, Any] = {
         "first_stage": {"path": str(path), "fingerprint": fingerprint(first.tensors())},
-        "condition": spec.meta() if spec else {"name": "", "options": {}},
+        "condition": spec.meta() if spec else NO_CONDITION,
         "data": {"source": recipe.data.source, "root": recipe.data.root, "list_file": recipe.data.list_file,
                  "size": recipe.data.size, "n": recipe.data.n, "crop": recipe.data.crop,
                  "scale": recipe.data.scale, "scene_size": list(recipe.data.scene_size),
