@@ -128,6 +128,9 @@ def test_native_crop_options():
         ({"source": "folder", "scene_size": [512, 512]}, r'with data.source = "synthetic"'),
         ({"source": "synthetic", "size": 64, "scene_size": [1024]}, r"expected \[width, height\]"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024, 32]}, r"each >= data.size \(64\)"),
+        ({"source": "synthetic", "size": 64, "scene_scale": [0.5, 1]}, r"with data.scene_size set"),
+        ({"source": "synthetic", "size": 64, "scene_size": [1024, 576], "scene_scale": [0.5, 2]},
+         r"data.scene_scale = \[0.5, 2.0\] is invalid: expected \[lo, hi\] with 0 < lo <= hi <= 1"),
     ]:
         with pytest.raises(RecipeError, match=message):
             recipe_from_dict({"data": data})
