@@ -24,8 +24,10 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
-    root: str = ""  # folder of training images (recursive) for source = "folder"
-    list_file: str = ""  # alternative to `root`: a text file with one image path per line
+    root: str = ""  # folder of training images (recursive) for source = "folder"; paired: holds images/ and a folder per condition
+    images: str = ""  # paired: the image tree itself (taming's layout, e.g. data/sflckr_images); empty: root/images
+    paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its tree beside `images` ([data.paired])
+    list_file: str = ""  # alternative to `root`: a text file with one image path per line (paired: paths under the image tree)
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
     size: int = 256  # training crop size in pixels
     crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
@@ -52,6 +54,12 @@ class DataConfig:
                                        and min(self.scene_size) >= self.size),
                "data.scene_size", list(self.scene_size),
                f"[width, height], each >= data.size ({self.size}), with data.source = \"synthetic\"")
+        for key in ("images", "paired"):
+            _check(not getattr(self, key) or self.source == "paired", f"data.{key}", getattr(self, key),
+                   'to be empty unless data.source = "paired" (it names paired data trees)')
+        for name, tree in self.paired.items():
+            _check(bool(name) and isinstance(tree, str) and bool(tree), f"data.paired.{name}", tree,
+                   "a folder path (the condition's tree, laid out like data.images)")
 
     @property
     def scene_hw(self) -> tuple[int, int] | None:
