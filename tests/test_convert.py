@@ -414,24 +414,24 @@ def net2net_hparams(foreign, cond_stage, block_size=6, **extra):
 
 
 def test_unconditional_transformer_logits_match_hand_computed(tmp_path, foreign):
-    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt()}
+    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt(block_size=5)}
     save_lightning(tmp_path / "ffhq.ckpt", sd, foreign,
-                   net2net_hparams(foreign, "__is_unconditional__", sos_token=5))
+                   net2net_hparams(foreign, "__is_unconditional__", block_size=5, sos_token=5))
     forget(foreign)
     report = convert_checkpoint(tmp_path / "ffhq.ckpt", tmp_path / "ffhq.safetensors")
     assert (report.kind, report.source) == ("stage2", "Net2NetTransformer")
     assert "transformer.blocks.0.attn.mask" in report.dropped and not report.warnings
 
     bundle = load_bundle(tmp_path / "ffhq.safetensors", expect_kind="stage2")
-    assert bundle.config["transformer"] == {"vocab_size": 16, "block_size": 6, "n_layer": 1, "n_head": 2,
-                                            "n_embd": 8, "window": 16}
+    assert bundle.config["transformer"] == {"vocab_size": 16, "block_size": 5, "n_layer": 1, "n_head": 2,
+                                            "n_embd": 8, "window": 2}  # the start token + 2x2 codes - 1 <= 5
     assert bundle.config["condition"] == bundle.condition == {"name": "", "options": {}}
     assert bundle.config["sos_token"] == 5 and "cond_stage" not in bundle.config
     assert not bundle.namespace("cond")
     first = Stage1Model.from_bundle(bundle, "vqgan", "first_stage")
     assert first.model_config.attn_resolutions == (16,)
 
-    idx = torch.randint(16, (2, 6), generator=torch.Generator().manual_seed(3))
+    idx = torch.randint(16, (2, 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(load_gpt(bundle)(idx), gpt_one_layer(sd, idx, n_head=2),
                                    atol=1e-5, rtol=1e-5)
@@ -510,7 +510,7 @@ def yaml_module(monkeypatch):
 
 def test_yaml_project_config(tmp_path, yaml_module):
     yaml = yaml_module
-    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt()}
+    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt(block_size=7)}  # 2x2 coordinates + 2x2 codes - 1
     torch.save({"state_dict": sd}, tmp_path / "faceshq.ckpt")
     project = {"model": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {
         "cond_stage_key": "coord",
