@@ -213,3 +213,18 @@ def test_recipes_name_the_trees_and_set_reaches_into_data_paired(tmp_path):
         load_recipe(RECIPES / "drin-depth-stage.toml", ["data.paired.depth=3"])
     with pytest.raises(RecipeError, match=r"'data.size' is not a table"):
         load_recipe(RECIPES / "drin-depth-stage.toml", ["data.size.x=3"])
+
+
+def test_held_out_parallel_trees(tmp_path):
+    from vqtoolkit.data.recipe import held_out_dataset
+
+    coco_tree(tmp_path)
+    trees = [f"data.val_images={tmp_path / 'coco' / 'train2017'}",
+             f"data.val_paired.segmentation={tmp_path / 'cocostuffthings' / 'train2017'}"]
+    recipe = load_recipe(RECIPES / "coco-stuff-segmentation-stage.toml", trees + ["data.size=16"])
+    held_out = held_out_dataset(recipe, 3)
+    assert len(held_out) == 3 and sorted(held_out[0]["paired"]) == ["segmentation"]
+    assert held_out_dataset(load_recipe(RECIPES / "coco-stuff-segmentation-stage.toml"), 3) is None
+    with pytest.raises(RecipeError, match=r"data.val_paired = .* is invalid: expected to be empty unless "
+                                          r"data.val_images names the held-out image tree"):
+        load_recipe(RECIPES / "coco-stuff-segmentation-stage.toml", trees[1:])
