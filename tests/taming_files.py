@@ -61,6 +61,17 @@ def drin_tree(data: Path, hw: tuple[int, int] = (24, 32)) -> list[str]:
     return names
 
 
+def sflckr_tree(data: Path, hw: tuple[int, int] = (24, 32)) -> list[str]:
+    """data/sflckr_images/<place>/x.jpg beside DeepLab's data/sflckr_segmentations/<place>/x.png: 0..181."""
+    names = ["canada/256743165_9f130ba95b_b", "swiss_landscape/4079319632_0133685b2c_b"]
+    for k, name in enumerate(names):
+        scene = render_scene(k + 5, hw)
+        labels = scene.segmentation.astype(np.int64) * 36 + 1  # 1..181
+        save_photo(data / "sflckr_images" / f"{name}.jpg", scene.image)
+        save_label_map(data / "sflckr_segmentations" / f"{name}.png", labels)
+    return names
+
+
 def coco_tree(data: Path, hw: tuple[int, int] = (24, 32)) -> list[str]:
     """data/coco/train2017/x.jpg beside data/cocostuffthings/train2017/x.png: labels 0..181, 255 unlabeled."""
     names = ["000000000009", "000000000025", "000000000030"]
