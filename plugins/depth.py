@@ -27,8 +27,10 @@ from .depth_files import read_depth
 
 @dataclass(frozen=True)
 class DepthOptions:
-    # how files are read: "auto" tells taming's packed RGBA PNGs from single-channel data on evidence,
-    # "taming-rgba" reads only packed files, "plain" only single-channel ones (16-bit PNG, float TIFF, .npy)
+    """How depth files are read (see depth_files): "auto" tells taming's packed RGBA PNGs from
+    single-channel data on evidence, "taming-rgba" reads only packed files, "plain" only
+    single-channel ones (16-bit PNG, float TIFF, .npy)."""
+
     encoding: Literal["auto", "taming-rgba", "plain"] = "auto"
 
 

@@ -1,8 +1,11 @@
-"""Semantic label maps, one-hot encoded by a segmentation VQGAN (S-FLCKR).
+"""Semantic label maps, one-hot encoded by a segmentation VQGAN (S-FLCKR, COCO-Stuff, ADE20K).
 
 The raw condition is the one-hot map (n_labels, H, W) of {0, 1} floats, as in the reference
 VQSegmentationModel; its VQGAN reconstructs logits of that map and trains with a binary
 cross-entropy (`loss.pixel_loss = "bce"`), so a picture of a reconstruction is the argmax.
+Datasets label differently, so the options say how stored values become labels: a shift (the
+reference's `shift_segmentation`) and an unlabeled value (COCO-Stuff's 255) with the label it gets,
+or none (an all-zero one-hot vector).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def one_hot(labels: torch.Tensor, n_labels: int) -> torch.Tensor:
 
 class SegmentationCondition(Condition):
     name = "segmentation"
-    description = "Semantic label maps, one-hot encoded by a segmentation VQGAN (S-FLCKR)."
+    description = "Semantic label maps, one-hot encoded by a segmentation VQGAN (S-FLCKR, COCO-Stuff, ADE20K)."
     kind = "spatial"
     Options = SegmentationOptions
 
