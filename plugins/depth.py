@@ -6,21 +6,32 @@ train and sample with the same convention (the synthetic scenes store distance, 
 A training crop is normalised by its whole map's range, as the reference normalises before it
 crops: a crop of the sky then reads as far, as the same place does in a whole map at sampling time.
 The range is the item's `full_range` when it has one (synthetic crops of large scenes), else the
-whole paired file's.
+whole paired file's. Files are read by `depth_files`: single-channel data, or the reference's
+float32 packed into RGBA PNGs (D-RIN), chosen by the option `encoding`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from vqtoolkit.conditions import Condition
 from vqtoolkit.hookspecs import hookimpl
-from vqtoolkit.images import load_array
 
 from ._common import check_channels, check_size, grey_picture, missing, paired
+from .depth_files import read_depth
+
+
+@dataclass(frozen=True)
+class DepthOptions:
+    """How depth files are read (see depth_files): "auto" tells taming's packed RGBA PNGs from
+    single-channel data on evidence, "taming-rgba" reads only packed files, "plain" only
+    single-channel ones (16-bit PNG, float TIFF, .npy)."""
+
+    encoding: Literal["auto", "taming-rgba", "plain"] = "auto"
 
 
 def normalise(depth: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
@@ -37,15 +48,16 @@ class DepthCondition(Condition):
     name = "depth"
     description = "Depth maps, min-max normalised and encoded by a single-channel VQGAN (D-RIN)."
     kind = "spatial"
+    Options = DepthOptions
 
-    def stage_channels(self, options: Any) -> int:
+    def stage_channels(self, options: DepthOptions) -> int:
         return 1
 
-    def from_item(self, item: dict[str, Any], options: Any) -> torch.Tensor:
+    def from_item(self, item: dict[str, Any], options: DepthOptions) -> torch.Tensor:
         ranges: list[tuple[float, float]] = []  # a paired file's whole range, seen as it is loaded
 
         def load(path: str) -> np.ndarray:
-            whole = load_array(path)
+            whole = read_depth(path, options.encoding)
             ranges.append((float(whole.min()), float(whole.max())))
             return whole
 
@@ -56,13 +68,14 @@ class DepthCondition(Condition):
         value_range = tuple(float(v) for v in full) if full is not None else (ranges[0] if ranges else None)
         return normalise(torch.from_numpy(np.asarray(depth)), value_range)
 
-    def read(self, spec: str, size: tuple[int, int], options: Any) -> torch.Tensor:
-        """A depth map: 16-bit PNG, float TIFF or .npy (H, W), of exactly the sample size."""
-        depth = load_array(spec)
+    def read(self, spec: str, size: tuple[int, int], options: DepthOptions) -> torch.Tensor:
+        """A depth map: 16-bit PNG, float TIFF, .npy (H, W) or taming's packed RGBA PNG, of exactly the
+        sample size."""
+        depth = read_depth(spec, options.encoding)
         check_size(depth.shape, size, spec, "depth map")
         return normalise(torch.from_numpy(depth))
 
-    def render(self, raw: torch.Tensor, options: Any) -> np.ndarray:
+    def render(self, raw: torch.Tensor, options: DepthOptions) -> np.ndarray:
         """Small values bright: near = bright for distance maps such as the synthetic scenes'."""
         check_channels(raw, 1, self.name)
         return grey_picture((1 - raw[0]) / 2)

@@ -359,7 +359,7 @@ def test_bare_state_dict_and_one_channel_model(tmp_path):
     convert_checkpoint(tmp_path / "depth.ckpt", tmp_path / "depth.safetensors", condition="depth")
     model = Stage1Model.load(tmp_path / "depth.safetensors")
     assert (model.model_config.in_channels, model.model_config.out_channels) == (1, 1)
-    assert load_bundle(tmp_path / "depth.safetensors").condition == stored("depth", {})
+    assert load_bundle(tmp_path / "depth.safetensors").condition == stored("depth", {"encoding": "auto"})
     x = torch.rand(1, 1, 8, 8)
     z = conv(model.vqgan.encoder(x), sd, "quant_conv")
     assert torch.equal(model.encode(x), nearest_codes(z, sd["quantize.embedding.weight"]))
@@ -394,7 +394,7 @@ def test_segmentation_model_drops_colorize(tmp_path, foreign):
     report = convert_checkpoint(tmp_path / "seg.ckpt", tmp_path / "seg.safetensors")
     assert report.source == "VQSegmentationModel" and "colorize" in report.dropped
     bundle = load_bundle(tmp_path / "seg.safetensors")
-    assert bundle.condition == stored("segmentation", {"n_labels": 5})
+    assert bundle.condition == stored("segmentation", {"n_labels": 5, "label_shift": 0, "unlabeled": -1, "unlabeled_label": -1})
     assert "vqgan.colorize" not in bundle.tensors
     assert Stage1Model.from_bundle(bundle).model_config.in_channels == 5
 
@@ -419,24 +419,24 @@ def net2net_hparams(foreign, cond_stage, block_size=6, **extra):
 
 
 def test_unconditional_transformer_logits_match_hand_computed(tmp_path, foreign):
-    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt()}
+    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt(block_size=5)}
     save_lightning(tmp_path / "ffhq.ckpt", sd, foreign,
-                   net2net_hparams(foreign, "__is_unconditional__", sos_token=5))
+                   net2net_hparams(foreign, "__is_unconditional__", block_size=5, sos_token=5))
     forget(foreign)
     report = convert_checkpoint(tmp_path / "ffhq.ckpt", tmp_path / "ffhq.safetensors")
     assert (report.kind, report.source) == ("stage2", "Net2NetTransformer")
     assert "transformer.blocks.0.attn.mask" in report.dropped and not report.warnings
 
     bundle = load_bundle(tmp_path / "ffhq.safetensors", expect_kind="stage2")
-    assert bundle.config["transformer"] == {"vocab_size": 16, "block_size": 6, "n_layer": 1, "n_head": 2,
-                                            "n_embd": 8, "window": 16}
+    assert bundle.config["transformer"] == {"vocab_size": 16, "block_size": 5, "n_layer": 1, "n_head": 2,
+                                            "n_embd": 8, "window": 2}  # the start token + 2x2 codes - 1 <= 5
     assert bundle.config["condition"] == bundle.condition == {"name": "", "options": {}}
     assert bundle.config["sos_token"] == 5 and "cond_stage" not in bundle.config
     assert not bundle.namespace("cond")
     first = Stage1Model.from_bundle(bundle, "vqgan", "first_stage")
     assert first.model_config.attn_resolutions == (16,)
 
-    idx = torch.randint(16, (2, 6), generator=torch.Generator().manual_seed(3))
+    idx = torch.randint(16, (2, 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(load_gpt(bundle)(idx), gpt_one_layer(sd, idx, n_head=2),
                                    atol=1e-5, rtol=1e-5)
@@ -477,7 +477,7 @@ def test_vq_condition_stage_needs_its_name_and_heads(tmp_path):
     assert sum("assumed 256" in w for w in report.warnings) == 2
     assert "cond_stage_model.loss.discriminator.main.0.weight" in report.dropped
     bundle = load_bundle(dst)
-    assert bundle.condition == bundle.config["condition"] == stored("depth", {})
+    assert bundle.condition == bundle.config["condition"] == stored("depth", {"encoding": "auto"})
     cond = Stage1Model.from_bundle(bundle, "cond", "cond_stage")
     assert cond.model_config.in_channels == 1
     c = torch.rand(1, 1, 8, 8)
@@ -515,7 +515,7 @@ def yaml_module(monkeypatch):
 
 def test_yaml_project_config(tmp_path, yaml_module):
     yaml = yaml_module
-    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt()}
+    sd = {**ref_vqgan("first_stage_model.", loss=False), **ref_gpt(block_size=7)}  # 2x2 coordinates + 2x2 codes - 1
     torch.save({"state_dict": sd}, tmp_path / "faceshq.ckpt")
     project = {"model": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {
         "cond_stage_key": "coord",

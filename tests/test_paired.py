@@ -130,7 +130,7 @@ def test_paired_condition_file_must_match_its_image(paired_root):
     np.save(paired_root / "depth" / "dogs" / "s1.npy", np.zeros((5, 5)))
     item = PairedFolder(paired_root, 16, train=False)[1]
     with pytest.raises(DataError, match=r"depth file .*s1.npy is 5x5 but its image is 40x30"):
-        get_condition("depth").from_item(item, None)
+        get_condition("depth").from_item(item, cond("depth")[1])
 
 
 def test_paired_folder_without_classes_has_no_label(tmp_path):

@@ -54,7 +54,7 @@ def test_file_errors(tmp_path):
         load_recipe(write(tmp_path / "x.toml", "[train\n"))
 
 
-@pytest.mark.parametrize("text", ["batch_size=3", "train.=3", "a.b.c=1", "train"])
+@pytest.mark.parametrize("text", ["batch_size=3", "train.=3", "a.b.c.d=1", "train"])
 def test_bad_overrides(text):
     with pytest.raises(RecipeError, match="--set"):
         parse_override(text)

@@ -37,6 +37,8 @@ _EXPORTS = {
     "load_image": "images",
     "load_array": "images",
     "load_label_map": "images",
+    "load_rgba": "images",
+    "image_mode": "images",
     "to_tensor": "images",
     "to_uint8": "images",
 }

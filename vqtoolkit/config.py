@@ -24,9 +24,13 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
-    root: str = ""  # folder of training images (recursive) for source = "folder"
-    list_file: str = ""  # alternative to `root`: a text file with one image path per line
+    root: str = ""  # folder of training images (recursive) for source = "folder"; paired: holds images/ and a folder per condition
+    images: str = ""  # paired: the image tree itself (taming's layout, e.g. data/sflckr_images); empty: root/images
+    paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its tree beside `images` ([data.paired])
+    list_file: str = ""  # alternative to `root`: a text file with one image path per line (paired: paths under the image tree)
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
+    val_images: str = ""  # paired: a held-out image tree, laid out like `images` (e.g. data/coco/val2017)
+    val_paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its held-out tree ([data.val_paired])
     size: int = 256  # training crop size in pixels
     crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
     scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
@@ -56,6 +60,17 @@ class DataConfig:
         _check(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
                                         and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
                "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
+        for key in ("images", "paired", "val_images", "val_paired"):
+            _check(not getattr(self, key) or self.source == "paired", f"data.{key}", getattr(self, key),
+                   'to be empty unless data.source = "paired" (it names paired data trees)')
+        for key, trees in (("paired", self.paired), ("val_paired", self.val_paired)):
+            for name, tree in trees.items():
+                _check(bool(tree), f"data.{key}.{name}", tree, "a folder path (the condition's tree, laid out like "
+                       f"data.{'val_' if key == 'val_paired' else ''}images)")
+        _check(not (self.val_images and self.val_root), "data.val_images", self.val_images,
+               "to be empty when data.val_root is set (held-out data comes from one of them)")
+        _check(not self.val_paired or bool(self.val_images), "data.val_paired", self.val_paired,
+               "to be empty unless data.val_images names the held-out image tree")
 
     @property
     def scene_hw(self) -> tuple[int, int] | None:

@@ -189,6 +189,25 @@ def load_array(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return arr
 
 
+def image_mode(path: PathLike) -> str | None:
+    """The Pillow mode of an image file (e.g. "RGBA"), from its header alone; None when it is not an
+    image Pillow knows (e.g. .npy) or cannot be opened: the loaders then say why."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return None
+
+
+def load_rgba(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The stored bytes of an 8-bit RGBA image as uint8 (H, W, 4): not composited, not converted,
+    for formats that pack other data into the four bytes of a pixel."""
+    img = _open(path, max_pixels)
+    if img.mode != "RGBA":
+        raise ImageError(f"image {path} is a {img.mode} image; expected an 8-bit RGBA image")
+    return np.array(img)  # (H, W, 4), writable
+
+
 def load_label_map(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a label map as int64 (H, W): palette indices or grey values, never colour-converted."""
     path = Path(path)

@@ -50,7 +50,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{key} = {value!r} has the wrong type: expected a table")
-        return dict(value)
+        item = typing.get_args(hint)[1]
+        return {k: v if item is Any else _coerce(f"{key}.{k}", v, item) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise RecipeError(f"{key} = {value!r} has the wrong type: expected true or false")
@@ -104,18 +105,21 @@ def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = 
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """Parse `section.key=value`; the value is read as TOML, or taken as a plain string."""
+    """Parse `section.key=value`, or `section.table.key=value` for a key of a table such as
+    [data.paired] (then the key comes back as "table.key"); the value is read as TOML, or taken as a
+    plain string."""
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise RecipeError(f"--set {text!r}: expected section.key=value (e.g. train.batch_size=8)")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise RecipeError(f"--set {text!r}: expected section.key=value (e.g. train.batch_size=8) or "
+                          "section.table.key=value (e.g. data.paired.depth=data/drin_depth)")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return parts[0], parts[1], value
+    return parts[0], ".".join(parts[1:]), value
 
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
@@ -131,10 +135,16 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
         raise RecipeError(f"recipe {path} is not valid TOML: {e}") from None
     for text in overrides:
         section, key, value = parse_override(text)
-        tables.setdefault(section, {})
-        if not isinstance(tables[section], dict):
+        table = tables.setdefault(section, {})
+        if not isinstance(table, dict):
             raise RecipeError(f"--set {text!r}: '{section}' is not a section")
-        tables[section][key] = value
+        if "." in key:  # a key of a table inside the section, e.g. data.paired.depth
+            key, inner = key.split(".")
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise RecipeError(f"--set {text!r}: '{section}.{key}' is not a table")
+            key = inner
+        table[key] = value
     return recipe_from_dict(tables, where=str(path), path=str(path))
 
 
@@ -166,6 +176,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
+        if not value:
+            return "{}"
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 

@@ -24,13 +24,17 @@ from vqtoolkit.hookspecs import hookimpl
 @click.option("--condition", default=None, help="What a VQGAN condition stage encodes (e.g. depth).")
 @click.option("--n-head", type=click.IntRange(min=1), default=None,
               help="Transformer attention heads, when no config says so.")
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="Transformer window in codes per side (default: inferred from block_size; 16 for the "
+                   "published models).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def convert_command(checkpoint: str, out: str, config: str | None, condition: str | None, n_head: int | None,
-                    force: bool) -> None:
+                    window: int | None, force: bool) -> None:
     """Import a taming-transformers checkpoint (.ckpt) safely, without running code from it."""
     from .convert import convert_checkpoint
 
-    report = convert_checkpoint(checkpoint, out, config=config, force=force, condition=condition, n_head=n_head)
+    report = convert_checkpoint(checkpoint, out, config=config, force=force, condition=condition, n_head=n_head,
+                                window=window)
     click.echo(report.summary())
     click.echo(f"wrote {out}")
 

@@ -172,25 +172,34 @@ def _convert_vqgan(sd: dict[str, Tensor], prefix: str, params: dict[str, Any], c
     return _Stage1(model, quantizer, kept, n_labels)
 
 
+# The reference reads every 183-label map with COCO-Stuff's convention: stored 0..181 and 255 =
+# unlabeled, shifted up by one in uint8 (taming/data/coco.py, its shift_segmentation), so 255 is label 0.
+COCO_STUFF = {"n_labels": 183, "label_shift": 1, "unlabeled": 255, "unlabeled_label": 0}
+
+
 def _stage1_condition(stage: _Stage1, name: str | None) -> dict[str, Any]:
     """The condition a VQGAN encodes, with every option (as vqtoolkit's own bundles store it)."""
     if not name:
         return {}
-    options = {"n_labels": stage.n_labels or stage.model.in_channels} if name == "segmentation" else {}
+    options: dict[str, Any] = {}
+    if name == "segmentation":
+        n_labels = stage.n_labels or stage.model.in_channels
+        options = dict(COCO_STUFF) if n_labels == COCO_STUFF["n_labels"] else {"n_labels": n_labels}
     return complete_meta(name, options, f"--condition {name}")
 
 
 # ---- conversion -----------------------------------------------------------------------------------
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, config: str | Path | None = None,
-                       force: bool = False, condition: str | None = None,
-                       n_head: int | None = None) -> ConvertReport:
+                       force: bool = False, condition: str | None = None, n_head: int | None = None,
+                       window: int | None = None) -> ConvertReport:
     """Convert a taming-transformers checkpoint `src` (.ckpt) into a vqtoolkit bundle at `dst`.
 
     `config`: the project.yaml published with the checkpoint; it supplies what weights cannot tell
     (nominal resolution, attention heads, the condition stage's settings). Without it, Lightning
     `hyper_parameters` stored in the checkpoint are used when present. `condition` names the modality of a
-    VQGAN condition stage (e.g. "depth"); `n_head` overrides the transformer's head count.
+    VQGAN condition stage (e.g. "depth"); `n_head` overrides the transformer's head count; `window`
+    the window (codes per side) that is otherwise inferred from the transformer's block_size.
     """
     src, dst = Path(src), Path(dst)
     check_new(dst, force)  # before reading a multi-gigabyte file
@@ -215,9 +224,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, config: str | Path |
                               "pass the config that belongs to this checkpoint")
     if is_stage2:
         report = ConvertReport("stage2", "Net2NetTransformer", dropped=extra)
-        tensors, bundle_config = _convert_net2net(state_dict, src, project, condition, n_head, report)
+        tensors, bundle_config = _convert_net2net(state_dict, src, project, condition, n_head, window, report)
         cond_meta = bundle_config["condition"]
     else:
+        if window is not None:
+            raise CheckpointError(f"--window is for transformers (Net2NetTransformer), but {src} holds a VQGAN")
         report = ConvertReport("stage1", "VQModel", dropped=extra)
         tensors, bundle_config, cond_meta = _convert_stage1(state_dict, src, project, condition, report)
     report.config = bundle_config
@@ -246,7 +257,8 @@ _UNCONDITIONAL = ("__is_unconditional__", "taming.modules.util.SOSProvider")
 
 
 def _convert_net2net(sd: dict[str, Tensor], src: Path, project: Project | None, condition: str | None,
-                     n_head: int | None, report: ConvertReport) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                     n_head: int | None, window: int | None,
+                     report: ConvertReport) -> tuple[dict[str, Tensor], dict[str, Any]]:
     params, where = (project.params, project.where) if project else ({}, str(src))
     permuter, _ = section(params.get("permuter_config"))
     if any(k.startswith("permuter.") for k in sd) or (permuter and not permuter.endswith(".Identity")):
@@ -304,8 +316,38 @@ def _convert_net2net(sd: dict[str, Tensor], src: Path, project: Project | None, 
         gpt = GPT(GPTConfig(**gpt_config))
     _check_layout(gpt, gpt_sd, f"{gpt_where} (a taming-transformers minGPT)")
     tensors.update({f"transformer.{k}": v for k, v in gpt_sd.items()})
-    config["transformer"] = {**gpt_config, "window": 16}
+    factor = first.model.factor
+    if cond_sd:  # a VQGAN condition: its grid beside the image's, per code of the image grid
+        per_side = factor / cond.model.factor
+    elif config["condition"]["name"] == "coordinates":
+        per_side = factor / config["condition"]["options"]["down_factor"]
+    else:  # one token: a class label or the start token
+        per_side = 0.0
+    config["transformer"] = {**gpt_config, "window": _window(gpt_config["block_size"], per_side, window, src, report)}
     return tensors, config
+
+
+def _window(block_size: int, per_side: float, window: int | None, src: Path, report: ConvertReport) -> int:
+    """The window (codes per side) the transformer was trained on: the largest w whose sequence fits
+    `block_size`, i.e. the condition's tokens plus w·w codes, less the last code, which is never an
+    input. The published models give 16 (e.g. D-RIN: 256 + 256 - 1 <= 512). `window` overrides it."""
+    def length(w: int) -> int:
+        return (round(w * per_side) ** 2 if per_side else 1) + w * w - 1
+
+    if window is not None:
+        if length(window) > block_size:
+            raise CheckpointError(f"--window {window} needs {length(window)} positions, but {src}'s transformer has "
+                                  f"block_size {block_size}; pass a smaller --window")
+        return window
+    w = 0
+    while length(w + 1) <= block_size:
+        w += 1
+    if w == 0:
+        raise CheckpointError(f"{src}: block_size {block_size} holds no window of codes beside the condition")
+    if block_size - length(w) > 1:
+        report.warnings.append(f"block_size {block_size} leaves {block_size - length(w)} positions unused with the "
+                               f"inferred window of {w}x{w} codes; pass --window if the model trained on other crops")
+    return w
 
 
 def _parameterless_condition(src: Path, project: Project | None, target: str | None, params: dict[str, Any],

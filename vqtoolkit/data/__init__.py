@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"DataSource": "sources", "DataSourceRegistry": "sources", "ImageFolder": "folders",
-            "PairedFolder": "folders", "crop_like": "folders", "paired_array": "folders"}
+            "PairedFolder": "paired", "crop_like": "folders", "paired_array": "folders"}
 __all__ = list(_EXPORTS)
 
 

@@ -35,21 +35,23 @@ class FolderSource(DataSource):
 
 class PairedSource(DataSource):
     name = "paired"
-    description = "data.root/images/ with one folder per modality beside it (depth/, segmentation/, ...)."
+    description = ("data.root/images/ with one folder per modality beside it (depth/, segmentation/, ...), or "
+                   "parallel trees: data.images and [data.paired] <condition> = <tree>; data.list_file picks images; "
+                   "held out: data.val_root, or data.val_images and [data.val_paired].")
 
     def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
-        from .folders import PairedFolder
+        from .paired import PairedFolder
 
-        return PairedFolder(data.root, data.size, channels=channels, train=augment, strict=data.strict,
-                            scale=data.crop_scale)
+        return PairedFolder(data.root, data.size, images=data.images, paired=data.paired, list_file=data.list_file,
+                            channels=channels, train=augment, strict=data.strict, scale=data.crop_scale)
 
     def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
-        from .folders import PairedFolder
+        from .paired import PairedFolder
 
-        if not data.val_root:
+        if not (data.val_root or data.val_images):
             return None
-        return PairedFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict,
-                            scale=data.crop_scale)
+        return PairedFolder(data.val_root, data.size, images=data.val_images, paired=data.val_paired,
+                            channels=channels, train=False, strict=data.strict, scale=data.crop_scale)
 
 
 @hookimpl

@@ -1,9 +1,9 @@
-"""Image folders on disk: a plain folder tree (or list file), and paired folders of other modalities.
+"""Image folders on disk: a plain folder tree (or list file), and how paired files are cut like their image.
 
 Items are `{"image": (C, size, size) float in [-1, 1], "name": str, ...}`, the shape every data source
-gives, so the training loop does not care where images come from. Paired items add `"paired"`
-(modality name -> its file) and `"crop"` (how the image was cut), which `paired_array` applies to the
-modality's file; a condition plugin reads its data with that, whatever the source.
+gives, so the training loop does not care where images come from. Paired items (`paired.PairedFolder`)
+add `"paired"` (modality name -> its file) and `"crop"` (how the image was cut), which `paired_array`
+applies to the modality's file; a condition plugin reads its data with that, whatever the source.
 """
 
 from __future__ import annotations
@@ -48,30 +48,34 @@ def _scan(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _read_list(list_file: Path) -> tuple[list[Path], list[str]]:
-    """Paths from a list file, one per line, relative to the list file's folder (or absolute).
+def _read_list(list_file: Path, base: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Paths from a list file, one per line, relative to `base` (default: the list file's folder)
+    or absolute.
 
-    Upstream taming-transformers opens list entries relative to the working directory; resolving
-    against the list file instead makes a dataset folder relocatable. Blank lines are skipped.
+    Upstream taming-transformers opens image-only list entries relative to the working directory;
+    resolving against the list file instead makes a dataset folder relocatable. Paired data passes
+    its image tree as `base`, as taming joins its list entries to the image root. Blank lines are
+    skipped.
     """
     if not list_file.is_file():
         raise DataError(f"list file {list_file} does not exist")
     names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
     if not names:
         raise DataError(f"list file {list_file} names no images")
-    paths = [list_file.parent / n for n in names]
+    folder = list_file.parent if base is None else base
+    paths = [folder / n for n in names]
     missing = [n for n, p in zip(names, paths) if not p.is_file()]
     if missing:
         from_cwd = sum(Path(n).is_file() for n in missing)
         hint = (
             f"; {from_cwd} of them exist relative to the current directory (the upstream convention), "
-            "but entries are read relative to the list file's folder"
+            f"but entries are read relative to {folder}"
             if from_cwd
             else ""
         )
         raise DataError(
-            f"list file {list_file}: {len(missing)} of {len(names)} listed images do not exist "
-            f"(first: {', '.join(missing[:3])}){hint}"
+            f"list file {list_file}: {len(missing)} of {len(names)} listed images do not exist under "
+            f"{folder} (first: {', '.join(missing[:3])}){hint}"
         )
     return paths, names
 
@@ -224,106 +228,6 @@ def crop_like(arr: np.ndarray, crop: torch.Tensor, *, mode: str = "bilinear", wh
         t = t.flip(-1)
     out = t[0] if arr.ndim == 2 else t.permute(1, 2, 0)
     return out.numpy().astype(arr.dtype) if mode == "nearest" else out.numpy()
-
-
-class PairedFolder(Dataset):
-    """Images in `root/images/` with aligned files of other modalities in sibling folders.
-
-    `root/images/a/b.jpg` pairs with `root/<modality>/a/b.<any extension>` in every other visible
-    sub-folder of `root`; the folder name is the condition name (`depth/`, `segmentation/`,
-    `pose/`, `edge/`), so a condition plugin finds its file in `item["paired"][name]`. Images are
-    resized (or scaled by `scale`) and cropped as in ImageFolder and `item["crop"]` records how, so
-    the plugin can cut its file the same way with `crop_like`. A missing paired file is reported when the dataset is built.
-
-    Class labels ("label", int64): from `root/labels.csv` (header `name,label`; name = the image's
-    path under `images/` without extension) when it exists; otherwise, when every image sits in a
-    sub-folder of `images/`, the index of its top-level sub-folder among them, sorted by name
-    (ImageNet's layout); otherwise items carry no label.
-    """
-
-    def __init__(self, root: str | os.PathLike[str] | None, size: int, *, channels: int = 3,
-                 train: bool = True, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 scale: float | None = None) -> None:
-        if size < 1:
-            raise DataError(f"data size must be a positive number of pixels, got {size}")
-        _check_scale(scale)
-        self.scale = scale
-        if not root:
-            raise DataError("a paired dataset needs data.root: a folder holding images/ and one folder "
-                            "per modality")
-        self.root, self.size, self.channels, self.train = Path(root), size, channels, train
-        self.strict, self.max_pixels = strict, max_pixels
-        images = self.root / "images"
-        if not images.is_dir():
-            raise DataError(f"paired data root {self.root} has no images/ folder (expected images/ and one "
-                            "folder per modality, e.g. depth/)")
-        self.paths = _scan(images)
-        if not self.paths:
-            raise DataError(f"{images} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        self.names = [p.relative_to(images).with_suffix("").as_posix() for p in self.paths]
-        self.paired = {d.name: self._match(d) for d in sorted(self.root.iterdir())
-                       if d.is_dir() and d.name != "images" and not d.name.startswith(".")}
-        self.labels = self._labels()
-        self._bad: dict[int, str] = {}
-
-    def _match(self, folder: Path) -> list[str]:
-        """The file of `folder` paired with each image, in image order; errors name the gaps."""
-        by_name: dict[str, list[Path]] = {}
-        for f in folder.rglob("*"):
-            if f.is_file() and not f.name.startswith("."):
-                by_name.setdefault(f.relative_to(folder).with_suffix("").as_posix(), []).append(f)
-        missing = [n for n in self.names if n not in by_name]
-        if missing:
-            raise DataError(f"{folder} lacks the files of {len(missing)} of {len(self.names)} images (first: "
-                            f"{', '.join(missing[:3])}); every folder beside images/ must pair with every image")
-        twice = [n for n in self.names if len(by_name[n]) > 1]
-        if twice:
-            raise DataError(f"{folder} holds several files for image {twice[0]!r}: "
-                            f"{', '.join(sorted(p.name for p in by_name[twice[0]]))}; keep one")
-        return [str(by_name[n][0]) for n in self.names]
-
-    def _labels(self) -> list[int] | None:
-        csv_path = self.root / "labels.csv"
-        if csv_path.is_file():
-            import csv
-
-            with open(csv_path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if not rows or not {"name", "label"} <= set(rows[0]):
-                raise DataError(f"{csv_path} needs a header 'name,label' and one row per image")
-            table: dict[str, int] = {}
-            for i, row in enumerate(rows, start=2):
-                try:
-                    table[row["name"].strip()] = int(row["label"])
-                except (TypeError, ValueError):
-                    raise DataError(f"{csv_path} line {i}: label {row['label']!r} is not an integer") from None
-            missing = [n for n in self.names if n not in table]
-            if missing:
-                raise DataError(f"{csv_path} has no label for {len(missing)} images (first: "
-                                f"{', '.join(missing[:3])}); names are paths under images/ without extension")
-            return [table[n] for n in self.names]
-        if all("/" in n for n in self.names):
-            classes = sorted({n.split("/", 1)[0] for n in self.names})
-            return [classes.index(n.split("/", 1)[0]) for n in self.names]
-        return None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, object]:
-        j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
-        crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train, self.scale)
-        image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
-        item: dict[str, object] = {
-            "image": to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)),
-            "name": self.names[j],
-            "crop": crop,  # (8,) int64, see _crop_box
-            "paired": {name: files[j] for name, files in self.paired.items()},
-            "skipped": skipped,
-        }
-        if self.labels is not None:
-            item["label"] = torch.tensor(self.labels[j])
-        return item
 
 
 def paired_array(item: dict[str, Any], name: str, load: Callable[[str], np.ndarray], *,

@@ -39,7 +39,7 @@ def evaluation_dataset(data: str, size: int, channels: int, n: int | None = None
         recipe = load_recipe(data, [f"data.val_n={n}"] if n else [])  # generated sources: n held-out items
         dataset = held_out_dataset(recipe, channels)
         if dataset is None:
-            raise DataError(f"{data} names no held-out data (data.val_root); pass a folder of images instead")
+            raise DataError(f"{data} names no held-out data (data.val_root, data.val_images); pass a folder of images instead")
         return dataset
     if data in get_plugin_manager().data_sources() and not Path(data).exists():
         config = DataConfig(source=data, size=size, val_n=n or GENERATED_ITEMS, num_workers=0)

@@ -7,6 +7,7 @@ spatial condition's grid), so the model can later slide that window over larger 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from ..windows import Sequences
 from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
 from .run_dir import RunDir
 from .runtime import Runtime, lr_factor, no_sync, scaled_lr
+
+log = logging.getLogger(__name__)
 
 
 def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> tuple[Dataset, Dataset | None]:
@@ -179,8 +182,11 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
     def export(path: Path) -> None:
         model.save(path, force=True, gpt=ema.shadow if ema else gpt)
 
+    # Grids show held-out conditions; without held-out data, training items' (token shards have none).
+    grid_set = val_set if val_set is not None or recipe.data.tokens else train_set
+
     def samples(step: int) -> None:
-        _write_samples(run, model, ema.shadow if ema else gpt, val_set, recipe, step)
+        _write_samples(run, model, ema.shadow if ema else gpt, grid_set, recipe, step)
 
     def summary() -> dict[str, Any]:
         if val_set is None:
@@ -195,14 +201,18 @@ def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force
 @torch.no_grad()
 def _write_samples(run: RunDir, model: Stage2Model, gpt: GPT, val_set: Dataset | None, recipe: Recipe,
                    step: int) -> None:
-    """A grid of samples at the training window size: [condition | sample] rows, or a row of samples."""
+    """A grid of samples at the training window size: [condition | sample] rows, or a row of samples.
+    A conditional model without items to take conditions from writes none."""
+    if model.condition is not None and val_set is None:
+        log.info("step %d: no sample grid (token shards carry no raw conditions; set data.val_root)", step)
+        return
     was = model.gpt
     model.gpt = gpt
     try:
         size = (model.window * model.factor, model.window * model.factor)
         s = recipe.sample
         rows = []
-        if model.condition is None or val_set is None:
+        if model.condition is None:
             images, _ = model.sample(s.n, size, seed=step, temperature=s.temperature, top_k=s.top_k or None,
                                      top_p=s.top_p if s.top_p < 1 else None)
             rows.append([to_uint8(x) for x in images])

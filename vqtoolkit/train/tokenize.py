@@ -42,6 +42,8 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
                  "world": recipe.data.world},
         "grid": [recipe.data.size // first.factor] * 2,
     }
+    if recipe.data.images or recipe.data.paired:  # only then, so manifests of the root layout stay as they were
+        identity["data"].update(images=recipe.data.images, paired=dict(recipe.data.paired))
     if spec is not None and spec.stage is not None:
         identity["cond_stage"] = {"path": recipe.condition.stage, "fingerprint": fingerprint(spec.stage.tensors())}
 
