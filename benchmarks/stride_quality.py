@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vqtoolkit.api import Stage2Model
 from vqtoolkit.cli.options import parse_size
-from vqtoolkit.sampling import _context, window_start
+from vqtoolkit.sampling import window_context, window_start
 
 
 @torch.inference_mode()
@@ -35,7 +35,7 @@ def reference_bits(model: Stage2Model, codes: torch.Tensor) -> float:
         top = window_start(i, H, w)
         for j in range(W):
             left = window_start(j, W, w)
-            logits = model.gpt(_context(prefix_fn(top, left), codes, i, top, left, j, w))[:, -1]  # (B, V)
+            logits = model.gpt(window_context(prefix_fn(top, left), codes, i, top, left, j, w))[:, -1]  # (B, V)
             total += -F.log_softmax(logits.float(), dim=-1).gather(1, codes[:, i, j, None]).sum().item()
     return total / (B * H * W) / math.log(2)
 

@@ -59,9 +59,9 @@ def sample_logits(
 
 
 @contextmanager
-def _eval_mode(gpt: GPT) -> Iterator[None]:
-    # Sampling must not see dropout; restore the caller's mode afterwards. inference_mode skips
-    # autograd's bookkeeping, which matters for one-token cached steps.
+def eval_mode(gpt: GPT) -> Iterator[None]:
+    """Sampling must not see dropout; the caller's mode comes back afterwards. inference_mode skips
+    autograd's bookkeeping, which matters for one-token cached steps."""
     was_training = gpt.training
     gpt.eval()
     try:
@@ -71,7 +71,8 @@ def _eval_mode(gpt: GPT) -> Iterator[None]:
         gpt.train(was_training)
 
 
-def _check_prefix(prefix: torch.Tensor, batch_size: int | None = None) -> None:
+def check_prefix(prefix: torch.Tensor, batch_size: int | None = None) -> None:
+    """A window's condition tokens: (batch, n >= 1) long, the batch unchanged from the first window."""
     if prefix.dim() != 2 or prefix.dtype != torch.long or prefix.shape[1] < 1:
         raise VqtError(
             f"prefix must be a (batch, n >= 1) long tensor of condition tokens (use a start token for "
@@ -100,7 +101,7 @@ def sample_raster(
     Taming crops the context to the last block_size tokens; that would drop the condition, so the
     whole sequence must fit instead (use `sample_sliding` for larger grids).
     """
-    _check_prefix(prefix)
+    check_prefix(prefix)
     B, P = prefix.shape
     if P + n_tokens - 1 > gpt.block_size:
         raise VqtError(
@@ -108,7 +109,7 @@ def sample_raster(
             f"sample larger grids with sliding windows"
         )
     out = torch.empty(B, n_tokens, dtype=torch.long, device=prefix.device)  # (B, N)
-    with _eval_mode(gpt):
+    with eval_mode(gpt):
         cache = gpt.new_cache(B, P + n_tokens - 1) if use_cache else None
         logits = gpt(prefix, cache)[:, -1]  # (B, V)
         for k in range(n_tokens):
@@ -136,7 +137,8 @@ def window_start(i: int, n: int, size: int) -> int:
     return min(max(i - size // 2, 0), n - size)
 
 
-def _check_sliding(grid: tuple[int, int], window: tuple[int, int], stride: int) -> None:
+def check_sliding(grid: tuple[int, int], window: tuple[int, int], stride: int) -> None:
+    """The window fits the grid and the stride fits the window."""
     (H, W), (h, w) = grid, window
     if h < 1 or w < 1 or H < h or W < w:
         raise VqtError(f"grid {H}x{W} must be at least as large as the window {h}x{w} (rows x columns)")
@@ -144,7 +146,7 @@ def _check_sliding(grid: tuple[int, int], window: tuple[int, int], stride: int) 
         raise VqtError(f"window stride must lie in 1..{w} (the window width), got {stride}")
 
 
-def _context(
+def window_context(
     prefix: torch.Tensor, idx: torch.Tensor, i: int, top: int, left: int, end: int, w: int
 ) -> torch.Tensor:
     """Prefix + window tokens in raster order before (i, end): full window rows above row i, then
@@ -154,7 +156,8 @@ def _context(
     return torch.cat([prefix, above, idx[:, i, left:end]], dim=1)  # (B, P + (i - top) * w + end - left)
 
 
-def _check_window_fits(gpt: GPT, prefix: torch.Tensor, window: tuple[int, int]) -> None:
+def check_window_fits(gpt: GPT, prefix: torch.Tensor, window: tuple[int, int]) -> None:
+    """Prefix plus a whole window's context must fit the transformer's positions."""
     n = prefix.shape[1] + window[0] * window[1] - 1
     if n > gpt.block_size:
         raise VqtError(
@@ -197,23 +200,23 @@ def sample_sliding(
     """
     H, W = grid
     h, w = window
-    _check_sliding(grid, window, stride)
+    check_sliding(grid, window, stride)
     idx: torch.Tensor | None = None
     caches: WindowCaches | None = None
-    with _eval_mode(gpt):
+    with eval_mode(gpt):
         for i in range(H):
             top = window_start(i, H, h)
             for a in range(0, W, stride):
                 b = min(a + stride, W)
                 left = window_start(a + stride // 2, W, w)
                 prefix = prefix_for_window(top, left)
-                _check_prefix(prefix, None if idx is None else idx.shape[0])
+                check_prefix(prefix, None if idx is None else idx.shape[0])
                 if idx is None:
-                    _check_window_fits(gpt, prefix, window)
+                    check_window_fits(gpt, prefix, window)
                     idx = torch.zeros(prefix.shape[0], H, W, dtype=torch.long, device=prefix.device)  # (B, H, W)
                     caches = WindowCaches(gpt, prefix.shape[0], prefix.shape[1] + h * w - 1)
                 cache = caches.get(top, left)
-                context = _context(prefix, idx, i, top, left, a, w)  # (B, n)
+                context = window_context(prefix, idx, i, top, left, a, w)  # (B, n)
                 logits = gpt(context[:, cache.length :], cache)[:, -1]  # (B, V)
                 for j in range(a, b):
                     idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator)
@@ -297,18 +300,18 @@ def sample_sliding_reference(
     """
     H, W = grid
     h, w = window
-    _check_sliding(grid, window, 1)
+    check_sliding(grid, window, 1)
     idx: torch.Tensor | None = None
-    with _eval_mode(gpt):
+    with eval_mode(gpt):
         for i in range(H):
             for j in range(W):
                 top, left = window_start(i, H, h), window_start(j, W, w)
                 prefix = prefix_for_window(top, left)
-                _check_prefix(prefix, None if idx is None else idx.shape[0])
+                check_prefix(prefix, None if idx is None else idx.shape[0])
                 if idx is None:
-                    _check_window_fits(gpt, prefix, window)
+                    check_window_fits(gpt, prefix, window)
                     idx = torch.zeros(prefix.shape[0], H, W, dtype=torch.long, device=prefix.device)  # (B, H, W)
-                logits = gpt(_context(prefix, idx, i, top, left, j, w))[:, -1]  # (B, V)
+                logits = gpt(window_context(prefix, idx, i, top, left, j, w))[:, -1]  # (B, V)
                 idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator)
                 if progress is not None:
                     progress(i * W + j + 1, H * W)

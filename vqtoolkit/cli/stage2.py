@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..anchors import ANCHORS
 from ..errors import VqtError
 from .options import Bar, device_for, parse_size, recipe_options, run_training
 
@@ -51,7 +52,15 @@ def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str 
               help="Stage-2 bundle (.safetensors).")
 @click.option("--cond", default=None, help="Condition input, usually a file (e.g. depth.png).")
 @click.option("--class", "class_label", type=int, default=None, help="Class label (class-conditional models).")
-@click.option("--size", "size_text", required=True, help="Output size WIDTHxHEIGHT in pixels, e.g. 1024x576.")
+@click.option("--size", "size_text", default=None,
+              help="Output size WIDTHxHEIGHT in pixels, e.g. 1024x576 (default with --init: the init's size).")
+@click.option("--init", "init_path", default=None, type=click.Path(dir_okay=False),
+              help="Image to edit: its codes are kept except under --mask and outside it on a larger --size.")
+@click.option("--mask", "mask_path", default=None, type=click.Path(dir_okay=False),
+              help="With --init: a PNG of the init's size, white where to resample (a code is resampled "
+                   "when any pixel of its f x f cell is white).")
+@click.option("--anchor", type=click.Choice(ANCHORS), default=None,
+              help="With --init and a larger --size: where the init image sits (default center).")
 @click.option("--n", type=int, default=1, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--top-k", type=int, default=None, help="Sample among the k most likely codes.")
@@ -67,18 +76,25 @@ def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str 
 @click.option("--codes", "keep_codes", is_flag=True, help="Also write the sampled indices (.npy).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def sample_command(model_path: str, cond: str | None, class_label: int | None, size_text: str, n: int,
+def sample_command(model_path: str, cond: str | None, class_label: int | None, size_text: str | None,
+                   init_path: str | None, mask_path: str | None, anchor: str | None, n: int,
                    seed: int, top_k: int | None, top_p: float | None, temperature: float,
                    window_stride: int | None,
                    cfg_scale: float, batch_size: int, out: str, keep_codes: bool, device: str,
                    force: bool) -> None:
-    """Draw images of any size (sliding window beyond the training window)."""
+    """Draw images of any size (sliding window beyond the training window), or edit one (--init)."""
     from ..fileio import all_or_nothing, check_new
     from ..stage2 import Stage2Model
     from ..codes import save_codes
     from ..images import image_grid, save_png, to_uint8
 
-    size = parse_size(size_text)
+    if init_path is None:
+        for name, value in (("--mask", mask_path), ("--anchor", anchor)):
+            if value is not None:
+                raise VqtError(f"{name} edits an image: pass the image with --init")
+        if size_text is None:
+            raise VqtError("pass --size WIDTHxHEIGHT (or --init IMAGE to edit an image)")
+    size = None if size_text is None else parse_size(size_text)
     if n < 1:
         raise VqtError(f"--n must be at least 1, got {n}")
     if cond is not None and class_label is not None:
@@ -92,6 +108,16 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
     for p in paths + ([codes_path] if keep_codes else []):
         check_new(p, force)
     model = Stage2Model.load(model_path, device_for(device))
+    image = mask = None
+    if init_path is not None:
+        from ..editing import read_init, read_mask
+
+        image = read_init(init_path, model.factor, size, channels=model.first_stage.model_config.in_channels)
+        mask = None if mask_path is None else read_mask(mask_path, tuple(image.shape[-2:]))
+        if mask is None and size in (None, tuple(image.shape[-2:])):
+            raise VqtError(f"--init {init_path} alone leaves nothing to sample: pass --mask to inpaint, or a "
+                           "larger --size to outpaint")
+        size = size or tuple(image.shape[-2:])
     grid = model.check_size(*size)
     raw = None
     spec = cond if cond is not None else (None if class_label is None else str(class_label))
@@ -99,8 +125,13 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
         if model.condition is None:
             raise VqtError("this model is unconditional; drop --cond/--class")
         raw = model.condition.read(spec, size)
-        if raw.ndim == 3 and not single:
-            check_new(target / "grid.png", force)
+    shown = []  # a folder's grid.png: the init, its mask (white: resampled), a spatial condition, samples
+    if not single:
+        shown += [] if image is None else [to_uint8(image)]
+        shown += [] if mask is None else [mask.numpy().astype("uint8") * 255]
+        shown += [model.condition.render(raw)] if raw is not None and raw.ndim == 3 else []
+    if shown:
+        check_new(target / "grid.png", force)
     bar = Bar("sample", "tok")
     state = {"last": 0}
 
@@ -110,10 +141,13 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
         bar.bar.update(done - state["last"])
         state["last"] = done
 
+    draws = dict(cond=raw, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                 window_stride=window_stride, progress=progress, batch_size=batch_size, cfg_scale=cfg_scale)
     try:
-        images, codes = model.sample(n, size, cond=raw, seed=seed, temperature=temperature, top_k=top_k,
-                                     top_p=top_p, window_stride=window_stride, progress=progress,
-                                     batch_size=batch_size, cfg_scale=cfg_scale)
+        if image is None:
+            images, codes = model.sample(n, size, **draws)
+        else:
+            images, codes = model.edit(image, n, mask=mask, size=size, anchor=anchor or "center", **draws)
     finally:
         bar.close()
     with all_or_nothing() as written:
@@ -121,8 +155,8 @@ def sample_command(model_path: str, cond: str | None, class_label: int | None, s
             written.append(save_png(to_uint8(img), p, force=force))
         if keep_codes:
             written.append(save_codes(codes.cpu().numpy(), codes_path, force=force))
-        if raw is not None and raw.ndim == 3 and not single:
-            rendered = model.condition.render(raw)
-            grid_png = image_grid([[rendered] + [to_uint8(i) for i in images[:3]]])
+        if shown:
+            grid_png = image_grid([shown + [to_uint8(i) for i in images[:3]]])
             written.append(save_png(grid_png, target / "grid.png", force=force))
     click.echo(f"wrote {n} sample(s) of {size[1]}x{size[0]} ({grid[1]}x{grid[0]} codes) to {out}")
+
