@@ -99,13 +99,13 @@ class ModelConfig:
     # GroupNorm groups in every norm layer (32: the reference). At ch = 32 that is one channel per group,
     # an instance norm that discards each image's per-channel level; fewer groups keep it.
     norm_groups: int = 32
-    tile: int = 0  # encode/decode larger images in overlapping tiles of this many pixels (0: whole), e.g. data.size for a model trained on crops
+    encode_tile: int = 0  # encode larger images in overlapping tiles of this many pixels (0: whole): the crop size of a model trained on crops
 
     def __post_init__(self) -> None:
         _check(self.norm_groups >= 1 and 32 % self.norm_groups == 0, "model.norm_groups", self.norm_groups,
                "a divisor of 32 (1, 2, 4, 8, 16 or 32)")
-        _check(self.tile == 0 or (self.tile % (2 * self.factor) == 0 and self.tile >= 2 * self.factor),
-               "model.tile", self.tile, f"0 or a multiple of twice the factor f ({2 * self.factor} pixels)")
+        _check(self.encode_tile == 0 or (self.encode_tile % (2 * self.factor) == 0 and self.encode_tile >= 2 * self.factor),
+               "model.encode_tile", self.encode_tile, f"0 or a multiple of twice the factor f ({2 * self.factor} pixels)")
         _check(self.ch > 0 and self.ch % 32 == 0, "model.ch", self.ch,
                "a positive multiple of 32 (GroupNorm uses 32 groups)")
         _check(len(self.ch_mult) >= 1 and all(m > 0 for m in self.ch_mult), "model.ch_mult",

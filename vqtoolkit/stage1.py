@@ -19,11 +19,11 @@ from .errors import CheckpointError, ImageError
 from .models.quantize import build_quantizer
 from .models.vqgan import VQGAN
 from .recipes import ModelConfig, QuantizerConfig, section_from_dict
-from .tiles import decode_tiled, encode_tiled
+from .tiles import encode_tiled
 
 
 def build_vqgan(model: ModelConfig, quantizer: QuantizerConfig) -> VQGAN:
-    layers = {k: v for k, v in dataclasses.asdict(model).items() if k != "tile"}  # tile: how to run it, not a layer
+    layers = {k: v for k, v in dataclasses.asdict(model).items() if k != "encode_tile"}  # how to run it, not a layer
     return VQGAN(**layers, quantizer=build_quantizer(quantizer))
 
 
@@ -98,7 +98,7 @@ class Stage1Model:
         h, w = images.shape[-2:]
         if h % self.factor or w % self.factor:
             raise ImageError(f"image size {w}x{h} is not a multiple of the model's factor {self.factor}")
-        images, tile = images.to(self.device), self.model_config.tile // self.factor
+        images, tile = images.to(self.device), self.model_config.encode_tile // self.factor
         if tile and (h // self.factor > tile or w // self.factor > tile):
             return encode_tiled(self._encode, images, self.factor, tile)
         return self._encode(images)
@@ -115,7 +115,4 @@ class Stage1Model:
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_codes):
             raise ImageError(f"codes hold values in [{int(indices.min())}, {int(indices.max())}], "
                              f"outside this model's codebook [0, {self.n_codes - 1}]")
-        indices, tile = indices.to(self.device), self.model_config.tile // self.factor
-        if tile and (indices.shape[1] > tile or indices.shape[2] > tile):
-            return decode_tiled(self.vqgan.decode_indices, indices, self.factor, tile)
-        return self.vqgan.decode_indices(indices).clamp(-1, 1)
+        return self.vqgan.decode_indices(indices.to(self.device)).clamp(-1, 1)
