@@ -237,6 +237,30 @@ def test_synthetic_train_crops_follow_seed_and_epoch():
         SyntheticScenes(2, 32, scene_size=(24, 64))
 
 
+def test_synthetic_scene_scale_crops_scenes_of_drawn_sizes():
+    """data.scene_scale: each crop's scene is scene_size times a factor in [lo, hi], at least the crop."""
+    ds = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=(0.5, 1.0))
+    sizes = []
+    for k in range(6):
+        image = ds[k]["image"].permute(1, 2, 0)
+        found = None
+        sizes_to_try = [(h, w) for h in range(36, 73) for w in {round(128 * h / 72) + d for d in (-1, 0, 1)}
+                        if 32 <= w <= 128]  # the sizes a factor can give: w follows h within rounding
+        for h, w in sizes_to_try:
+            scene = render_scene(2 * 1_000_003 + k, (h, w))
+            if any(torch.equal(image, to_tensor(scene.image[t:t + 32, l:l + 32]).permute(1, 2, 0))
+                   for t in range(h - 31) for l in range(w - 31)):
+                found = h
+                break
+        assert found is not None, "each item is a native crop of its scene at some drawn size"
+        sizes.append(found)
+    assert len(set(sizes)) > 1 and min(sizes) < 72  # the scale varies, and goes below scene_size
+    again = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=(0.5, 1.0))
+    assert all(torch.equal(ds[k]["image"], again[k]["image"]) for k in range(6))  # held out: fixed
+    with pytest.raises(DataError, match="scene scale"):
+        SyntheticScenes(2, 32, scene_size=(72, 128), scene_scale=(0.5, 2.0))
+
+
 def test_synthetic_whole_scene_depth_range_is_the_maps():
     item = SyntheticScenes(3, 24, seed=0, train=False)[1]
     depth = item["paired"]["depth"]
@@ -244,11 +268,13 @@ def test_synthetic_whole_scene_depth_range_is_the_maps():
 
 
 def test_synthetic_source_passes_scene_size_and_world():
-    data = DataConfig(source="synthetic", size=32, n=2, val_n=3, scene_size=(128, 72), world="graded")
+    data = DataConfig(source="synthetic", size=32, n=2, val_n=3, scene_size=(128, 72), world="graded",
+                      scene_scale=(0.5, 1.0))
     source = get_data_source("synthetic")
     train = source.dataset(data, channels=3, augment=True, seed=1)
     held = source.held_out(data, channels=3, seed=5)
     assert train.scene_size == held.scene_size == (72, 128) and train.world == held.world == "graded"
+    assert train.scene_scale == held.scene_scale == (0.5, 1.0)
     assert len(held) == 3 and not held.train
 
 

@@ -1,6 +1,6 @@
 """Every built-in modality end to end through the CLI, tiny: condition VQGAN, stage 2, sampling.
 
-One image VQGAN (f = 8, 32-pixel scenes: 4x4 code grids) is trained for the module. For each
+One image VQGAN (f = 8 by override, 32-pixel crops: 4x4 code grids) is trained for the module. For each
 modality the quick-start recipes train its condition stage (when it has one) and a one-layer
 transformer for a few steps; `vqt sample` then draws 64x48 images (8x6 codes) from a condition
 file, which needs the 4x4 window to slide. Quality is not the point: shapes, files and the
@@ -19,16 +19,14 @@ from PIL import Image
 
 from vqtoolkit.cli import cli
 from vqtoolkit.plugins import get_condition
-from vqtoolkit.data.recipe import WithCondition
+from vqtoolkit.data.recipe import WithCondition, held_out_dataset
 from vqtoolkit.stage2 import ConditionSpec
-from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 from vqtoolkit.recipes import load_recipe
 from vqtoolkit_plugins.synthetic.render import render_scene
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SIZE = 32  # training scenes: 4x4 codes at f = 8, the transformer's window
 SAMPLE_W, SAMPLE_H = 64, 48  # 8x6 codes: larger than the window and not square
-SEED = 23  # train.seed of the recipes (the default); held-out scenes use seed + 7919
 
 TINY = [  # a ~0.4M-parameter f = 8 VQGAN (channels_last is slower on CPU), no GAN
     "data.size=32", "data.n=16", "data.val_n=2", "data.num_workers=0", "model.ch=32", "model.ch_mult=[1,1,1,1]",
@@ -39,7 +37,7 @@ TINY_GPT = ["data.size=32", "data.n=16", "data.tokens=''", "data.val_n=2", "data
             "transformer.n_layer=1", "transformer.n_head=2", "transformer.n_embd=32", "transformer.window=4",
             "train.batch_size=4", "train.max_steps=3", "train.checkpoint_every=1000",
             "train.sample_every=1000", "train.log_every=1000"]
-EXTRA = {"coordinates": ["condition.n_codes=32"]}  # down_factor 8 = the image VQGAN's f, as in the recipe
+EXTRA = {"coordinates": ["condition.n_codes=32", "condition.down_factor=8"]}  # down_factor = this image VQGAN's f
 
 
 def vqt(*args: str) -> str:
@@ -104,9 +102,9 @@ def test_modality_trains_and_samples(name, image_vqgan, tmp_path):
         *sets(TINY_GPT + extra + stage_sets + [f"transformer.first_stage={image_vqgan}"]))
 
     # The training grid shows each held-out condition beside its sample.
-    recipe = load_recipe(RECIPES / f"quickstart-{name}.toml", extra)
+    recipe = load_recipe(RECIPES / f"quickstart-{name}.toml", TINY_GPT + extra)
     options = condition.parse_options(recipe.condition.options, "test")
-    val = WithCondition(SyntheticScenes(2, SIZE, seed=SEED + 7919, train=False), ConditionSpec(condition, options, None))
+    val = WithCondition(held_out_dataset(recipe, 3), ConditionSpec(condition, options, None))  # the recipe's crops
     expected = condition.render(val[0]["cond_raw"], options)
     grid = np.asarray(Image.open(sorted((run / "samples").glob("samples_*.png"))[-1]))
     np.testing.assert_array_equal(top_left(grid, expected), expected)

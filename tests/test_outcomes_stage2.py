@@ -86,7 +86,7 @@ def kmeans_vqgan(path: Path) -> Path:
 def train_superres(folder: Path, seed: int = SEED) -> Path:
     """Tokenize 256 scenes, train a 1-layer GPT for 200 steps on them; the bundle's path."""
     vq = kmeans_vqgan(folder / "vqgan.safetensors")
-    common = ["data.size=32", "data.n=256", "data.val_n=2", "data.num_workers=0", f"train.seed={seed}",
+    common = ["data.size=32", "data.world=random", "data.n=256", "data.val_n=2", "data.num_workers=0", f"train.seed={seed}",
               f"transformer.first_stage={vq}", "transformer.window=4",
               f"condition.stage={vq}", "condition.factor=2"]  # x2: 16x16 px low-resolution scenes
     vqt("tokenize", str(RECIPE), "--out", str(folder / "tokens"), "--device", "cpu", *sets(common))

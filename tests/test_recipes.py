@@ -96,6 +96,8 @@ def test_unknown_keys_always_named(table):
     ({"loss": {"lecam_weight": -0.1}}, r"loss.lecam_weight = -0.1 is invalid"),
     ({"loss": {"lecam_decay": 1.0}}, r"loss.lecam_decay = 1.0 is invalid: expected a number in \(0, 1\)"),
     ({"transformer": {"warmup_steps": -5}}, r"transformer.warmup_steps = -5 is invalid"),
+    ({"model": {"norm_groups": 3}}, r"model.norm_groups = 3 is invalid: expected a divisor of 32"),
+    ({"model": {"norm_groups": 0}}, r"model.norm_groups = 0 is invalid"),
     ({"train": {"warmup_steps": 10}, "transformer": {"warmup_steps": 50}},
      r"train.warmup_steps = 10 and transformer.warmup_steps = 50 are both set"),
 ])
@@ -107,7 +109,7 @@ def test_schedule_and_loss_keys_are_checked(table, message):
 def test_schedule_and_loss_keys_default_off():
     r = Recipe()
     assert r.train.warmup_steps == 0 and r.train.lr_schedule == "constant"
-    assert r.loss.l2_weight == 0 and r.loss.lecam_weight == 0
+    assert r.loss.l2_weight == 0 and r.loss.lecam_weight == 0 and r.model.norm_groups == 32
     r = recipe_from_dict({"train": {"warmup_steps": 20, "lr_schedule": "cosine"},
                           "loss": {"l2_weight": 1, "lecam_weight": 0.1, "lecam_decay": 0.9}})
     assert (r.train.warmup_steps, r.train.lr_schedule, r.loss.l2_weight, r.loss.lecam_weight) == (20, "cosine", 1.0, 0.1)
@@ -126,6 +128,9 @@ def test_native_crop_options():
         ({"source": "folder", "scene_size": [512, 512]}, r'with data.source = "synthetic"'),
         ({"source": "synthetic", "size": 64, "scene_size": [1024]}, r"expected \[width, height\]"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024, 32]}, r"each >= data.size \(64\)"),
+        ({"source": "synthetic", "size": 64, "scene_scale": [0.5, 1]}, r"with data.scene_size set"),
+        ({"source": "synthetic", "size": 64, "scene_size": [1024, 576], "scene_scale": [0.5, 2]},
+         r"data.scene_scale = \[0.5, 2.0\] is invalid: expected \[lo, hi\] with 0 < lo <= hi <= 1"),
     ]:
         with pytest.raises(RecipeError, match=message):
             recipe_from_dict({"data": data})

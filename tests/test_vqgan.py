@@ -80,3 +80,32 @@ def test_gumbel_quantizer_plugs_in():
     recon, _, indices, _ = model(torch.randn(1, 3, 16, 16))
     assert recon.shape == (1, 3, 16, 16) and indices.shape == (1, 4, 4)
     assert model.quant_conv.out_channels == 8 and model.quantize.proj.in_channels == 8
+
+
+def test_norm_groups_changes_only_the_grouping():
+    torch.manual_seed(0)
+    reference, fewer = tiny(), VQGAN(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                                     z_channels=16, in_channels=3, out_channels=3, resolution=16,
+                                     quantizer=VectorQuantizer(32, 8), norm_groups=4)
+    norms = [m for m in fewer.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 33 and {m.num_groups for m in norms} == {4}  # every norm layer
+    assert {m.num_groups for m in reference.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    # the same parameters, names and shapes: bundles and imported weights load either way
+    assert {k: v.shape for k, v in reference.state_dict().items()} == {k: v.shape for k, v in fewer.state_dict().items()}
+    fewer.load_state_dict(reference.state_dict())
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert not torch.allclose(reference.eval()(x)[0], fewer.eval()(x)[0])
+
+
+def test_norm_groups_travels_in_the_bundle(tmp_path):
+    from vqtoolkit.api import Stage1Model
+    from vqtoolkit.recipes import ModelConfig, QuantizerConfig
+
+    model = Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
+                                          resolution=16, norm_groups=8), QuantizerConfig(n_codes=16, embed_dim=8))
+    model.save(tmp_path / "m.safetensors")
+    loaded = Stage1Model.load(tmp_path / "m.safetensors")
+    assert loaded.model_config.norm_groups == 8
+    assert {m.num_groups for m in loaded.vqgan.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)), model.vqgan.eval()(x)[0].clamp(-1, 1))

@@ -35,6 +35,7 @@ class DataConfig:
     crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
     scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
     scene_size: tuple[int, ...] = ()  # synthetic: [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
+    scene_scale: tuple[float, ...] = ()  # synthetic: [lo, hi], each crop's scene is scene_size times a log-uniform factor in it (empty: 1)
     world: Literal["random", "graded"] = "random"  # synthetic: random colours, or appearance graded by depth and height
     n: int = 2000  # number of synthetic scenes (source = "synthetic")
     val_n: int = 64  # held-out synthetic scenes, drawn from a disjoint seed range
@@ -56,6 +57,9 @@ class DataConfig:
                                        and min(self.scene_size) >= self.size),
                "data.scene_size", list(self.scene_size),
                f"[width, height], each >= data.size ({self.size}), with data.source = \"synthetic\"")
+        _check(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
+                                        and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
+               "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
         for key in ("images", "paired", "val_images", "val_paired"):
             _check(not getattr(self, key) or self.source == "paired", f"data.{key}", getattr(self, key),
                    'to be empty unless data.source = "paired" (it names paired data trees)')
@@ -92,8 +96,16 @@ class ModelConfig:
     out_channels: int = 3
     dropout: float = 0.0
     resolution: int = 256  # nominal input size; only decides where attention sits
+    # GroupNorm groups in every norm layer (32: the reference). At ch = 32 that is one channel per group,
+    # an instance norm that discards each image's per-channel level; fewer groups keep it.
+    norm_groups: int = 32
+    encode_tile: int = 0  # encode larger images in overlapping tiles of this many pixels (0: whole): the crop size of a model trained on crops
 
     def __post_init__(self) -> None:
+        _check(self.norm_groups >= 1 and 32 % self.norm_groups == 0, "model.norm_groups", self.norm_groups,
+               "a divisor of 32 (1, 2, 4, 8, 16 or 32)")
+        _check(self.encode_tile == 0 or (self.encode_tile % (2 * self.factor) == 0 and self.encode_tile >= 2 * self.factor),
+               "model.encode_tile", self.encode_tile, f"0 or a multiple of twice the factor f ({2 * self.factor} pixels)")
         _check(self.ch > 0 and self.ch % 32 == 0, "model.ch", self.ch,
                "a positive multiple of 32 (GroupNorm uses 32 groups)")
         _check(len(self.ch_mult) >= 1 and all(m > 0 for m in self.ch_mult), "model.ch_mult",

@@ -19,10 +19,12 @@ from .errors import CheckpointError, ImageError
 from .models.quantize import build_quantizer
 from .models.vqgan import VQGAN
 from .recipes import ModelConfig, QuantizerConfig, section_from_dict
+from .tiles import encode_tiled
 
 
 def build_vqgan(model: ModelConfig, quantizer: QuantizerConfig) -> VQGAN:
-    return VQGAN(**dataclasses.asdict(model), quantizer=build_quantizer(quantizer))
+    layers = {k: v for k, v in dataclasses.asdict(model).items() if k != "encode_tile"}  # how to run it, not a layer
+    return VQGAN(**layers, quantizer=build_quantizer(quantizer))
 
 
 class Stage1Model:
@@ -96,7 +98,13 @@ class Stage1Model:
         h, w = images.shape[-2:]
         if h % self.factor or w % self.factor:
             raise ImageError(f"image size {w}x{h} is not a multiple of the model's factor {self.factor}")
-        _, indices, _, _ = self.vqgan.encode(images.to(self.device).contiguous(memory_format=torch.channels_last))
+        images, tile = images.to(self.device), self.model_config.encode_tile // self.factor
+        if tile and (h // self.factor > tile or w // self.factor > tile):
+            return encode_tiled(self._encode, images, self.factor, tile)
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        _, indices, _, _ = self.vqgan.encode(images.contiguous(memory_format=torch.channels_last))
         return indices
 
     @torch.no_grad()

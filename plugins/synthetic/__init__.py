@@ -24,19 +24,21 @@ if TYPE_CHECKING:
 class SyntheticSource(DataSource):
     name = "synthetic"
     description = ("Procedural scenes with exact depth, segmentation, pose and class: data.n, data.val_n, "
-                   "data.scene_size, data.world.")
+                   "data.scene_size, data.scene_scale, data.world.")
 
     def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
         from .dataset import SyntheticScenes
 
         return SyntheticScenes(data.n, data.size, seed=seed, train=augment, channels=channels,
-                               scene_size=data.scene_hw, world=data.world)
+                               scene_size=data.scene_hw, scene_scale=tuple(data.scene_scale) or None,
+                               world=data.world)
 
     def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
         from .dataset import SyntheticScenes
 
         return SyntheticScenes(max(data.val_n, 1), data.size, seed=seed, train=False, channels=channels,
-                               scene_size=data.scene_hw, world=data.world)
+                               scene_size=data.scene_hw, scene_scale=tuple(data.scene_scale) or None,
+                               world=data.world)
 
 
 @click.command("scene")

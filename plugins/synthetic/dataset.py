@@ -25,12 +25,15 @@ class SyntheticScenes(Dataset):
     a `scene_size` sample. The crop's position is drawn with the flip when `train`, and from
     (seed, k) otherwise, so held-out crops are fixed. Every modality comes from the same crop;
     `item["full_range"]["depth"]` is the whole scene's (min, max) depth, which the depth condition
-    normalises by, as a sample's depth map of the whole scene is. `world` is how scenes look (see
-    render.py): "random" colours, or "graded" by depth and height.
+    normalises by, as a sample's depth map of the whole scene is. With `scene_scale` = (lo, hi), each
+    item's scene is `scene_size` times a factor drawn log-uniformly from [lo, hi] (each side at least
+    `size`), so one model sees objects both whole and at `scene_size`'s native scale. `world` is how
+    scenes look (see render.py): "random" colours, or "graded" by depth and height.
     """
 
     def __init__(self, n: int, size: int, *, seed: int = 0, train: bool = True, channels: int = 3,
-                 scene_size: tuple[int, int] | None = None, world: str = "random") -> None:
+                 scene_size: tuple[int, int] | None = None, scene_scale: tuple[float, float] | None = None,
+                 world: str = "random") -> None:
         if n < 1:
             raise DataError(f"synthetic dataset size n must be at least 1, got {n}")
         if seed < 0:
@@ -43,6 +46,9 @@ class SyntheticScenes(Dataset):
             raise DataError(f"scene size {scene_size[1]}x{scene_size[0]} is smaller than the {size}-pixel crops")
         self.n, self.size, self.seed, self.train, self.channels = n, size, seed, train, channels
         self.scene_size = None if scene_size is None else (int(scene_size[0]), int(scene_size[1]))
+        if scene_scale is not None and (scene_size is None or not 0 < scene_scale[0] <= scene_scale[1] <= 1):
+            raise DataError(f"scene scale {scene_scale} must be (lo, hi) with 0 < lo <= hi <= 1, with a scene size")
+        self.scene_scale = scene_scale
         self.world = world
         self.epoch = 0
 
@@ -64,8 +70,12 @@ class SyntheticScenes(Dataset):
             depth_range = (float(scene.depth.min()), float(scene.depth.max()))
         else:
             (h, w), s = self.scene_size, self.size
+            if self.scene_scale is not None:
+                lo, hi = np.log(self.scene_scale)
+                factor = float(np.exp(rng.uniform(lo, hi)))
+                h, w = max(s, round(h * factor)), max(s, round(w * factor))
             window = (int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1)), s, s)
-            scene = render_scene(seed, self.scene_size, window, self.world)
+            scene = render_scene(seed, (h, w), window, self.world)
             depth_range = (NEAR_DEPTH, SKY_DEPTH)  # every scene's, whatever the crop (tests/test_synthetic.py)
         image, depth, seg, pose = scene.image, scene.depth, scene.segmentation, scene.pose
         if flip:

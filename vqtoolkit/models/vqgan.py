@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm(32) with the reference's eps, so imported weights give the same activations."""
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the reference's eps, so imported weights give the same activations; the reference
+    uses 32 groups (`norm_groups`), whatever the width."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -38,11 +39,11 @@ def _swish(t: Tensor) -> Tensor:
 class ResnetBlock(nn.Module):
     """Pre-activation residual block: norm, swish, conv, norm, swish, dropout, conv (+ 1x1 shortcut)."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, norm_groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = _norm(in_channels, norm_groups)
         self.conv1 = _conv3(in_channels, out_channels)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = _norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv3(out_channels, out_channels)
         # Only present when the width changes (the reference's `nin_shortcut`).
@@ -59,9 +60,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of a feature map (scale C^-0.5, as the reference)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm_groups: int = 32) -> None:
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, norm_groups)
         self.q = _conv1(channels, channels)
         self.k = _conv1(channels, channels)
         self.v = _conv1(channels, channels)
@@ -113,11 +114,11 @@ class _Level(nn.Module):
 class _Middle(nn.Module):
     """`mid.block_1`, `mid.attn_1`, `mid.block_2` at the lowest resolution."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, dropout: float, norm_groups: int = 32) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, norm_groups)
+        self.attn_1 = AttnBlock(channels, norm_groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout, norm_groups)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -140,7 +141,7 @@ class Encoder(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], in_channels: int, resolution: int, z_channels: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm_groups: int = 32) -> None:
         super().__init__()
         self.conv_in = _conv3(in_channels, ch)
         in_mult = (1, *ch_mult)
@@ -150,16 +151,16 @@ class Encoder(nn.Module):
             level = _Level()
             block_in, block_out = ch * in_mult[i], ch * mult
             for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, norm_groups))
             if i != len(ch_mult) - 1:
                 level.downsample = Downsample(block_in)
                 curr_res //= 2
             self.down.append(level)
-        self.mid = _Middle(block_in, dropout)
-        self.norm_out = _norm(block_in)
+        self.mid = _Middle(block_in, dropout, norm_groups)
+        self.norm_out = _norm(block_in, norm_groups)
         self.conv_out = _conv3(block_in, z_channels)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, H, W) -> (B, z_channels, H/f, W/f)
@@ -181,28 +182,28 @@ class Decoder(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], out_channels: int, resolution: int, z_channels: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm_groups: int = 32) -> None:
         super().__init__()
         n_levels = len(ch_mult)
         block_in = ch * ch_mult[-1]
         curr_res = resolution // 2 ** (n_levels - 1)
         self.conv_in = _conv3(z_channels, block_in)
-        self.mid = _Middle(block_in, dropout)
+        self.mid = _Middle(block_in, dropout, norm_groups)
         levels: list[_Level] = []
         for i in reversed(range(n_levels)):
             level = _Level()
             block_out = ch * ch_mult[i]
             for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, norm_groups))
             if i != 0:
                 level.upsample = Upsample(block_in)
                 curr_res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, norm_groups)
         self.conv_out = _conv3(block_in, out_channels)
 
     def features(self, z: Tensor) -> Tensor:  # (B, z_channels, h, w) -> (B, ch * ch_mult[0], h*f, w*f)
@@ -227,11 +228,11 @@ class VQGAN(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], z_channels: int, in_channels: int, out_channels: int,
-                 resolution: int, quantizer: nn.Module, dropout: float = 0.0) -> None:
+                 resolution: int, quantizer: nn.Module, dropout: float = 0.0, norm_groups: int = 32) -> None:
         super().__init__()
         shared = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
                       attn_resolutions=tuple(attn_resolutions), resolution=resolution,
-                      z_channels=z_channels, dropout=dropout)
+                      z_channels=z_channels, dropout=dropout, norm_groups=norm_groups)
         self.encoder = Encoder(in_channels=in_channels, **shared)
         self.decoder = Decoder(out_channels=out_channels, **shared)
         embed_dim = quantizer.embed_dim

@@ -38,6 +38,7 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
         "data": {"source": recipe.data.source, "root": recipe.data.root, "list_file": recipe.data.list_file,
                  "size": recipe.data.size, "n": recipe.data.n, "crop": recipe.data.crop,
                  "scale": recipe.data.scale, "scene_size": list(recipe.data.scene_size),
+                 "scene_scale": list(recipe.data.scene_scale),
                  "world": recipe.data.world},
         "grid": [recipe.data.size // first.factor] * 2,
     }
