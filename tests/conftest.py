@@ -41,6 +41,17 @@ def forget_plugin_modules() -> None:
         del sys.modules[mod]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    their ops run ~5x faster so on 2 shared cores than with 2 threads, which wait on each other whenever
+    another process holds a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def install_plugin(tmp_path, monkeypatch):
     """Install a throwaway plugin distribution (see `write_plugin`) for one test."""

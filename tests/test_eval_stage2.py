@@ -37,13 +37,7 @@ TINY_GPT = ["data.size=32", "data.n=8", "data.tokens=''", "data.val_n=2", "data.
             "train.log_every=1000"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny models run several times faster so on 2 shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def vqt(*args: str):

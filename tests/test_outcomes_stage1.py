@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from vqtoolkit.cli import cli
@@ -31,13 +30,7 @@ STEPS = 150
 PSNR_THRESHOLD = 16.0  # dB; see the module docstring
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny ops on 2 shared cores run faster than with 2 threads waiting on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def vqt(*args: str) -> str:

@@ -41,14 +41,7 @@ SEED = 23
 N_CODES = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny ops on 2 shared cores run ~5x faster than with 2 threads, which wait
-    on each other whenever another process holds a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def vqt(*args: str) -> str:
