@@ -15,8 +15,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from .errors import PluginError, VqtError
+from .errors import PluginError
 from .recipes import build_section
+from .registry import Registry, check_options
 
 Kind = Literal["spatial", "global", "positional"]
 ReadSize = Literal["sample", "any"]
@@ -110,54 +111,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_options(condition: Condition, plugin: str) -> None:
-    """Options must be a dataclass whose every field has a default that passes its own checks: a
-    bundle or recipe that leaves an option out is read with the default."""
-    name, options = condition.name, condition.Options
-    where = f"condition '{name}' from plugin {plugin}"
-    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
-        raise PluginError(f"{where}: Options is {options!r}; expected a dataclass "
-                          "(@dataclass(frozen=True) class Options: key: type = default)")
-    for f in dataclasses.fields(options):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise PluginError(f"{where}: option '{f.name}' of {options.__name__} has no default; every "
-                              f"condition option needs one ({f.name}: <type> = <default>), so recipes and "
-                              "bundles that leave it out still work")
-    try:
-        options()
-    except (VqtError, TypeError, ValueError) as e:
-        raise PluginError(f"{where}: {options.__name__}() with its defaults is refused: {e}") from None
-
-
-@dataclass(frozen=True)
-class Registered:
-    condition: Condition
-    plugin: str
-
-
-class ConditionRegistry:
+class ConditionRegistry(Registry[Condition]):
     """What `vqt_register_conditions` receives: call `register(condition)` for each modality."""
 
-    def __init__(self, store: dict[str, Registered], plugin: str) -> None:
-        self._store = store
-        self._plugin = plugin
+    kind = "condition"
+    base = Condition
+    base_path = "vqtoolkit.conditions.Condition"
 
-    def register(self, condition: Condition) -> None:
-        name = getattr(condition, "name", "")
-        if isinstance(condition, type) and issubclass(condition, Condition):
-            raise PluginError(f"plugin {self._plugin} registered the class {condition.__name__}, not an "
-                              f"instance; call registry.register({condition.__name__}())")
-        if not isinstance(condition, Condition) or not name:
-            raise PluginError(f"plugin {self._plugin} registered {condition!r}; expected a "
-                              "vqtoolkit.conditions.Condition instance with a non-empty name")
+    def validate(self, condition: Condition) -> None:
+        where = self.where(condition)
         if condition.kind not in ("spatial", "global", "positional"):
-            raise PluginError(f"condition '{name}' from plugin {self._plugin} has kind "
-                              f"{condition.kind!r}; expected 'spatial', 'global' or 'positional'")
+            raise PluginError(f"{where} has kind {condition.kind!r}; expected 'spatial', 'global' or 'positional'")
         if condition.read_size not in ("sample", "any"):
-            raise PluginError(f"condition '{name}' from plugin {self._plugin} has read_size "
-                              f"{condition.read_size!r}; expected 'sample' or 'any'")
-        _check_options(condition, self._plugin)
-        if name in self._store:  # (each plugin fills a registry of its own: clashes between plugins
-            # are the plugin manager's to report)
-            raise PluginError(f"plugin {self._plugin} registers condition '{name}' twice; register each once")
-        self._store[name] = Registered(condition, self._plugin)
+            raise PluginError(f"{where} has read_size {condition.read_size!r}; expected 'sample' or 'any'")
+        check_options(condition.Options, where, "condition")

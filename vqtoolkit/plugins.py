@@ -23,11 +23,17 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .conditions import Condition, ConditionRegistry, Registered
-from .data.sources import DataSource, DataSourceRegistry, RegisteredSource
+from .conditions import Condition, ConditionRegistry
+from .data.sources import DataSource, DataSourceRegistry
+from .registry import Registered, Registry
 from .errors import PluginError, VqtError, did_you_mean
 
 GROUP = "vqtoolkit"
+# What plugins register, by the attribute `vqt plugins` lists it under: (hook, registry class).
+KINDS: dict[str, tuple[str, type[Registry[Any]]]] = {
+    "conditions": ("vqt_register_conditions", ConditionRegistry),
+    "data_sources": ("vqt_register_data_sources", DataSourceRegistry),
+}
 BUILTIN_DISTRIBUTION = "vqtoolkit"
 log = logging.getLogger(__name__)
 
@@ -49,8 +55,7 @@ class PluginInfo:
 class PluginManager:
     pm: pluggy.PluginManager
     plugins: list[PluginInfo]
-    _conditions: dict[str, Registered] | None = None
-    _data_sources: dict[str, RegisteredSource] | None = None
+    _registered: dict[str, dict[str, Registered[Any]]] = field(default_factory=dict)
 
     def info(self, name: str) -> PluginInfo:
         return next(p for p in self.plugins if p.name == name)
@@ -85,12 +90,16 @@ class PluginManager:
             if refused:
                 self.info(impl.plugin_name).fail(f"{hook_name} was skipped: {refused}")
 
-    def _gather(self, hook_name: str, what: str, registry: Callable[[dict[str, Any], str], Any]) -> dict[str, Any]:
-        """Run a registering hook: each plugin fills a registry of its own, merged into the whole
-        only when the hook succeeds and none of its names is taken, so a failing plugin leaves
-        nothing half-registered and never removes another's entries."""
-        store: dict[str, Any] = {}
-        pending: dict[str, dict[str, Any]] = {}
+    def registered(self, kind: str) -> dict[str, Registered[Any]]:
+        """Everything of one kind (a key of KINDS) by name; runs its hook on first use. Each plugin
+        fills a registry of its own, merged into the whole only when the hook succeeds and none of
+        its names is taken, so a failing plugin leaves nothing half-registered and never removes
+        another's entries."""
+        if kind in self._registered:
+            return self._registered[kind]
+        hook_name, registry = KINDS[kind]
+        store: dict[str, Registered[Any]] = {}
+        pending: dict[str, dict[str, Registered[Any]]] = {}
 
         def kwargs_for(plugin: str) -> dict[str, Any]:
             pending[plugin] = {}
@@ -103,26 +112,23 @@ class PluginManager:
             taken = sorted(set(own) & set(store))
             if taken:
                 other = store[taken[0]].plugin
-                return (f"{what} '{taken[0]}' is already registered by plugin {other} "
+                return (f"{registry.kind} '{taken[0]}' is already registered by plugin {other} "
                         f"({self.info(other).source}); rename yours, or uninstall one of the two plugins "
                         "(or restrict VQT_LOAD_PLUGINS)")
             store.update(own)
             return ""
 
         self.call_each(hook_name, kwargs_for, accept)
+        self._registered[kind] = store
         return store
 
-    def conditions(self) -> dict[str, Registered]:
-        """All registered conditions by name (runs `vqt_register_conditions` on first use)."""
-        if self._conditions is None:
-            self._conditions = self._gather("vqt_register_conditions", "condition", ConditionRegistry)
-        return self._conditions
+    def conditions(self) -> dict[str, Registered[Condition]]:
+        """All registered conditions by name."""
+        return self.registered("conditions")
 
-    def data_sources(self) -> dict[str, RegisteredSource]:
-        """All registered data sources by name (runs `vqt_register_data_sources` on first use)."""
-        if self._data_sources is None:
-            self._data_sources = self._gather("vqt_register_data_sources", "data source", DataSourceRegistry)
-        return self._data_sources
+    def data_sources(self) -> dict[str, Registered[DataSource]]:
+        """All registered data sources by name."""
+        return self.registered("data_sources")
 
 
 _manager: PluginManager | None = None
@@ -212,7 +218,7 @@ def reset() -> None:
     _manager = None
 
 
-def registered() -> dict[str, Registered]:
+def registered() -> dict[str, Registered[Condition]]:
     """All registered conditions by name."""
     return get_plugin_manager().conditions()
 
@@ -232,7 +238,7 @@ def get_condition(name: str) -> Condition:
     if name not in conditions:
         raise PluginError(f"unknown condition '{name}'{did_you_mean(name, conditions)}{skipped_note()} "
                           "(see 'vqt plugins')")
-    return conditions[name].condition
+    return conditions[name].value
 
 
 def provider(name: str) -> dict[str, str]:
@@ -248,22 +254,21 @@ def get_data_source(name: str) -> DataSource:
     if name not in sources:
         raise PluginError(f"unknown data source '{name}'{did_you_mean(name, sources)}{skipped_note()} (choose "
                           f"from {', '.join(sorted(sources))}; see 'vqt plugins')")
-    return sources[name].source
+    return sources[name].value
 
 
 def describe() -> dict[str, Any]:
-    """What `vqt plugins` shows: each plugin with its source, hooks, error, conditions and data
-    sources; the conditions and sources by name; and `failed`, the plugins that were skipped."""
+    """What `vqt plugins` shows: each plugin with its source, hooks, error and what it registered of
+    each kind; everything registered, kind by kind and by name; and `failed`, the plugins skipped."""
     manager = get_plugin_manager()
-    conditions = registered()
-    sources = manager.data_sources()
+    kinds = {kind: manager.registered(kind) for kind in KINDS}
     rows = [{"name": info.name, "source": info.source, "hooks": info.hooks, "error": info.error or None,
-             "conditions": sorted(n for n, r in conditions.items() if r.plugin == info.name),
-             "data_sources": sorted(n for n, r in sources.items() if r.plugin == info.name)}
+             **{kind: sorted(n for n, r in entries.items() if r.plugin == info.name)
+                for kind, entries in kinds.items()}}
             for info in manager.plugins]
-    return {"plugins": rows, "failed": [info.name for info in manager.failed()],
-            "conditions": {n: {"plugin": r.plugin, "kind": r.condition.kind,
-                               "description": r.condition.description}
-                           for n, r in sorted(conditions.items())},
-            "data_sources": {n: {"plugin": r.plugin, "description": r.source.description}
-                             for n, r in sorted(sources.items())}}
+    listing = {kind: {n: {"plugin": r.plugin, "description": r.value.description}
+                      for n, r in sorted(entries.items())}
+               for kind, entries in kinds.items()}
+    for name, entry in listing["conditions"].items():
+        entry["kind"] = kinds["conditions"][name].value.kind
+    return {"plugins": rows, "failed": [info.name for info in manager.failed()], **listing}

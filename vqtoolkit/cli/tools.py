@@ -18,30 +18,29 @@ def _table(rows: list[list[str]], indent: str = "") -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool) -> None:
-    """List loaded plugins, where they come from, their hooks and conditions.
+    """List loaded plugins, where they come from, their hooks and what each registered.
 
     Exits with status 1 when a plugin failed to load or one of its hooks was skipped."""
-    from ..plugins import describe
+    from ..plugins import KINDS, describe
 
     listing = describe()
     if as_json:
         click.echo(json.dumps(listing, indent=2))
     else:
-        rows = [["PLUGIN", "SOURCE", "HOOKS / CONDITIONS"]]
+        kinds = list(KINDS)
+        rows = [["PLUGIN", "SOURCE", "HOOKS [WHAT IT REGISTERED]"]]
         for r in listing["plugins"]:
             detail = f"error: {r['error']}" if r["error"] else ", ".join(r["hooks"])
-            if r["conditions"] or r["data_sources"]:
-                detail += "  [" + ", ".join(r["conditions"] + r["data_sources"]) + "]"
+            names = [name for kind in kinds for name in r[kind]]
+            if names:
+                detail += "  [" + ", ".join(names) + "]"
             rows.append([r["name"], r["source"], detail])
         click.echo("\n".join(_table(rows)))
-        if listing["conditions"]:
-            click.echo("\nCONDITIONS")
-            click.echo("\n".join(_table([[name, r["kind"], r["description"]]
-                                         for name, r in listing["conditions"].items()], "  ")))
-        if listing["data_sources"]:
-            click.echo("\nDATA SOURCES")
-            click.echo("\n".join(_table([[name, r["description"]]
-                                         for name, r in listing["data_sources"].items()], "  ")))
+        for kind in kinds:
+            if listing[kind]:
+                click.echo(f"\n{kind.replace('_', ' ').upper()}")
+                click.echo("\n".join(_table([[name, r["plugin"], *([r["kind"]] if "kind" in r else []),
+                                              r["description"]] for name, r in listing[kind].items()], "  ")))
     if listing["failed"]:
         failed = listing["failed"]
         click.echo(f"Error: {len(failed)} plugin(s) failed and were skipped: {', '.join(failed)} "

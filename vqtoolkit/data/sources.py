@@ -7,10 +7,9 @@ exactly as a third-party source does. This module imports no torch, so loading p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import PluginError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -39,24 +38,9 @@ class DataSource:
         return None
 
 
-@dataclass(frozen=True)
-class RegisteredSource:
-    source: DataSource
-    plugin: str
-
-
-class DataSourceRegistry:
+class DataSourceRegistry(Registry[DataSource]):
     """What `vqt_register_data_sources` receives: call `register(source)` for each source."""
 
-    def __init__(self, store: dict[str, RegisteredSource], plugin: str) -> None:
-        self._store = store
-        self._plugin = plugin
-
-    def register(self, source: Any) -> None:
-        name = getattr(source, "name", "")
-        if not isinstance(source, DataSource) or not name:
-            raise PluginError(f"plugin {self._plugin} registered {source!r}; expected a "
-                              "vqtoolkit.data.DataSource instance with a non-empty name")
-        if name in self._store:  # (clashes between plugins are the plugin manager's to report)
-            raise PluginError(f"plugin {self._plugin} registers data source '{name}' twice; register each once")
-        self._store[name] = RegisteredSource(source, self._plugin)
+    kind = "data source"
+    base = DataSource
+    base_path = "vqtoolkit.data.DataSource"
