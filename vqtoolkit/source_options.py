@@ -42,7 +42,7 @@ def parse_data(table: dict[str, Any], where: str) -> DataConfig:
             shared[key] = value
         elif key in own:
             options[key] = value
-        elif RETIRED_DEFAULTS.get(key, ()) != value:  # (a retired key at its old default is read and dropped)
+        elif not (key in RETIRED_DEFAULTS and value == RETIRED_DEFAULTS[key]):  # (else: an old run's, dropped)
             owners = sorted(n for n, r in get_plugin_manager().data_sources().items()
                             if key in {f.name for f in dataclasses.fields(r.value.Options)})
             if owners:
@@ -62,7 +62,7 @@ def data_source(data: DataConfig) -> tuple[DataSource, Any]:
     source = _source(data.source, "recipe")
     if data.options is None:
         return source, source.Options()
-    if not isinstance(data.options, source.Options):
+    if type(data.options) is not source.Options:
         raise RecipeError(f"data.options is a {type(data.options).__name__}; data source '{data.source}' "
                           f"reads its keys as {source.Options.__name__}")
     return source, data.options
@@ -70,7 +70,7 @@ def data_source(data: DataConfig) -> tuple[DataSource, Any]:
 
 def data_values(data: DataConfig) -> dict[str, Any]:
     """The [data] section flat, every key with its value, the source's options included: what a
-    run folder's recipe.toml and a token manifest store."""
+    run folder's recipe.toml and the training state store."""
     _, options = data_source(data)
     shared = option_values(data)
     del shared["options"]
