@@ -27,7 +27,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes
     strict: bool = False  # fail on the first unreadable image instead of skipping and counting it
     tokens: str = ""  # stage 2: folder of token shards from `vqt tokenize` (empty: tokenize on the fly)
-    options: Any = None  # the source's own keys, parsed by its Options (None: its defaults; see recipes.data_source)
+    options: Any = None  # the source's own keys, parsed by its Options (None: its defaults; see source_options.data_source)
 
     def __post_init__(self) -> None:
         _check(self.size >= 8, "data.size", self.size, "an integer >= 8")

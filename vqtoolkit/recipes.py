@@ -2,7 +2,9 @@
 
 Every key is type-checked, unknown keys get a "did you mean", `--set section.key=value` overrides any
 value, and the resolved recipe is written into the run directory so a run can always be reproduced.
-The section dataclasses are importable from here too (`from vqtoolkit.recipes import Recipe`).
+The keys of [data] beyond those every source shares belong to the chosen data source and are checked
+by its `Options` (`source_options.py`). The section dataclasses are importable from here too
+(`from vqtoolkit.recipes import Recipe`).
 """
 
 from __future__ import annotations
