@@ -9,7 +9,6 @@ third-party one. This module holds no state.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -17,15 +16,10 @@ import torch
 
 from .errors import PluginError
 from .recipes import build_section
-from .registry import Registry, check_options
+from .registry import NoOptions, Registry, check_options
 
 Kind = Literal["spatial", "global", "positional"]
 ReadSize = Literal["sample", "any"]
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """A condition without recipe keys of its own."""
 
 
 class Condition:

@@ -30,6 +30,8 @@ __all__ = ["ConditionConfig", "DataConfig", "LossConfig", "ModelConfig", "Quanti
 
 
 _SECTIONS = [f.name for f in dataclasses.fields(Recipe) if f.name != "path"]
+# Sections whose other keys belong to the plugin they name ([condition] name, [quantizer] kind).
+_PLUGIN_SECTIONS = (ConditionConfig, QuantizerConfig)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -81,7 +83,7 @@ def build_section(name: str, cls: type, table: dict[str, Any], where: str) -> An
     extra: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names or key == "options":
-            if cls is ConditionConfig:  # condition plugins own their keys; checked against the plugin
+            if cls in _PLUGIN_SECTIONS:  # the chosen plugin owns these keys and checks them
                 extra[key] = value
                 continue
             raise RecipeError(f"{where}: unknown key '{name}.{key}'{did_you_mean(key, names)}")

@@ -18,6 +18,11 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """The `Options` of a plugin object (a condition, a quantizer) without recipe keys of its own."""
+
+
+@dataclass(frozen=True)
 class Registered(Generic[T]):
     """A registered object and the plugin that registered it."""
 
