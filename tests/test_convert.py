@@ -330,7 +330,7 @@ def test_vqmodel_lightning_checkpoint_matches_reference_values(tmp_path, foreign
     assert cfg.attn_resolutions == (128,)  # level 1 of an assumed 256
     q = model.quantizer_config
     assert (q.kind, q.options["n_codes"], q.embed_dim, q.options["legacy_beta"]) == ("vq", 16, 8, True)
-    assert (q.codebook_dim, q.l2_normalize, q.restart_dead, q.ema) == (0, False, False, False)
+    assert [q.options[k] for k in ("codebook_dim", "l2_normalize", "restart_dead", "ema")] == [0, False, False, False]
     assert load_bundle(dst).condition == {}
 
     vq = model.vqgan
