@@ -16,7 +16,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vqtoolkit import plugins
 from vqtoolkit.cli import cli
 from vqtoolkit_plugins.synthetic.render import render_scene
 
