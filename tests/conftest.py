@@ -36,6 +36,24 @@ def write_plugin(site: Path, name: str, source: str, version: str = "1.0") -> st
     return module
 
 
+def install_example(example: Path, site: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """An example of examples/ as pip installs it: its folder on sys.path and a dist-info whose
+    entry_points.txt is written from its own pyproject.toml (so a broken entry point fails a test).
+    Returns the pyproject's [project] table."""
+    import tomllib
+
+    project = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    entry_points = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["vqtoolkit"].items())
+    (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{entry_points}")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(example))
+    plugins.reset()
+    return project
+
+
 def forget_plugin_modules() -> None:
     for mod in [m for m in sys.modules if m.startswith("vqt_test_")]:
         del sys.modules[mod]

@@ -85,6 +85,24 @@ def test_the_data_source_example_trains(install_plugin, tmp_path):
         assert bad.exit_code == 1 and message in bad.output, bad.output
 
 
+def test_the_logger_example_logs_and_resumes(install_plugin, tmp_path):
+    example = HOOKS_DOC.split("## A logger plugin", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    install_plugin("tsv", example)
+    listing = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert listing["loggers"]["tsv"]["plugin"] == "tsv"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_STAGE1)
+    run = tmp_path / "run"
+    train = ["train-stage1", str(recipe), "--out", str(run), "--device", "cpu", "--set", 'train.loggers=["tsv"]']
+    assert CliRunner().invoke(cli, [*train, "--set", "train.max_steps=3"]).exit_code == 0
+    result = CliRunner().invoke(cli, [*train, "--resume"])  # on to the recipe's max_steps = 4
+    assert result.exit_code == 0 and "turned off" not in result.output, result.output
+    rows = [row.split("\t") for row in (run / "figures.tsv").read_text().splitlines()]
+    assert [int(step) for step, name, _ in rows if name == "rec_loss"] == [1, 2, 3, 4]
+    assert [int(step) for step, name, _ in rows if name == "val_psnr"] == [2, 3, 4]
+    assert (run / "latest_reconstructions.png").is_file() and not (run / "metrics.jsonl").exists()
+
+
 def test_hook_examples_are_valid_python():
     for block in re.findall(r"```python\n(.*?)```", HOOKS_DOC, flags=re.S):
         compile(block, "docs/plugin_hooks.md", "exec")

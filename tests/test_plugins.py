@@ -8,7 +8,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import PluginError
 
 BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}  # built-in conditions
-BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "quantizers"}  # plus data sources, commands, quantizers
+BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "quantizers", "jsonl", "tensorboard"}  # + sources, commands, quantizers, loggers
 
 NORMALS = """
 from vqtoolkit.conditions import Condition
@@ -56,6 +56,10 @@ def test_third_party_plugin_is_listed_and_adds_command(install_plugin):
     assert entry["source"] == "vqt-test-normals 2.3"
     assert entry["hooks"] == ["vqt_register_commands", "vqt_register_conditions"]
     assert data["conditions"]["normals"]["plugin"] == "normals"
+    assert entry["commands"] == ["hello"] and data["commands"]["hello"]["plugin"] == "normals"
+    table = CliRunner().invoke(cli, ["plugins"]).output
+    assert "[normals, hello]" in table and "\nCOMMANDS\n" in table
+    assert next(line for line in table.splitlines() if line.startswith("  hello ")).split()[1] == "normals"
     result = CliRunner().invoke(cli, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
 
@@ -115,10 +119,12 @@ def test_convert_is_the_builtin_plugin_taming_even_with_only_builtins(monkeypatc
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("taming "))
-    assert row.split() == ["taming", "built-in", "vqt_register_commands"]
+    assert row.split() == ["taming", "built-in", "vqt_register_commands", "[convert]"]
     data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
     entry = next(p for p in data["plugins"] if p["name"] == "taming")
     assert (entry["source"], entry["hooks"], entry["conditions"]) == ("built-in", ["vqt_register_commands"], [])
+    assert entry["commands"] == ["convert"] and data["commands"]["convert"]["plugin"] == "taming"
+    assert data["commands"]["scene"]["plugin"] == "synthetic"
 
 
 def test_duplicate_condition_names_both_plugins(install_plugin):

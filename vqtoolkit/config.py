@@ -170,6 +170,7 @@ class TrainConfig:
     on_nan: Literal["stop", "skip"] = "stop"
     warmup_steps: int = 0  # linear learning-rate warm-up from lr / warmup_steps to lr (0: none)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine: down to 0 at max_steps
+    loggers: tuple[str, ...] = ("jsonl",)  # logger plugins that get every record and grid (`vqt plugins`)
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer >= 1")
@@ -182,6 +183,8 @@ class TrainConfig:
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "a number in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "an integer >= 0")
+        _check(len(set(self.loggers)) == len(self.loggers), "train.loggers", list(self.loggers),
+               "a list of logger names, each once")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[str, type[Registry[Any]]]] = {
     "data_sources": ("vqt_register_data_sources", DataSourceRegistry),
     "quantizers": ("vqt_register_quantizers", QuantizerRegistry),
 }
+LOG_HOOKS = "vqt_log_"  # the hooks of loggers, which are plugins named in train.loggers (no registry)
 BUILTIN_DISTRIBUTION = "vqtoolkit"
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,19 @@ class PluginManager:
         self.call_each(hook_name, kwargs_for, accept)
         self._registered[kind] = store
         return store
+
+    def loggers(self) -> dict[str, str]:
+        """The plugins that implement a logging hook (`vqt_log_*`), which `train.loggers` names, with
+        the first line of each one's docstring."""
+        return {info.name: ((self.pm.get_plugin(info.name).__doc__ or "").strip().splitlines() or [""])[0]
+                for info in self.plugins if any(h.startswith(LOG_HOOKS) for h in info.hooks)}
+
+    def implementation(self, plugin: str, hook_name: str) -> Callable[..., Any] | None:
+        """`plugin`'s implementation of a hook, called with the arguments it accepts; None without one."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            if impl.plugin_name == plugin:
+                return lambda **kwargs: impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+        return None
 
     def conditions(self) -> dict[str, Registered[Condition]]:
         """All registered conditions by name."""
@@ -271,7 +285,8 @@ def get_quantizer(name: str) -> Quantizer:
 
 def describe() -> dict[str, Any]:
     """What `vqt plugins` shows: each plugin with its source, hooks, error and what it registered of
-    each kind; everything registered, kind by kind and by name; and `failed`, the plugins skipped."""
+    each kind; everything registered, kind by kind and by name (loggers too); and `failed`, the plugins
+    skipped."""
     manager = get_plugin_manager()
     kinds = {kind: manager.registered(kind) for kind in KINDS}
     rows = [{"name": info.name, "source": info.source, "hooks": info.hooks, "error": info.error or None,
@@ -283,4 +298,8 @@ def describe() -> dict[str, Any]:
                for kind, entries in kinds.items()}
     for name, entry in listing["conditions"].items():
         entry["kind"] = kinds["conditions"][name].value.kind
+    loggers = manager.loggers()  # a logger is its plugin, so it lists under the plugin's name
+    for row in rows:
+        row["loggers"] = [row["name"]] if row["name"] in loggers else []
+    listing["loggers"] = {n: {"plugin": n, "description": d} for n, d in sorted(loggers.items())}
     return {"plugins": rows, "failed": [info.name for info in manager.failed()], **listing}

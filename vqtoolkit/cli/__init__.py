@@ -25,7 +25,7 @@ class VqtGroup(click.Group):
     """Loads plugin commands lazily and reports VqtError without a traceback."""
 
     _plugins_from: object = None  # the plugin manager whose commands were added
-    _plugin_commands: tuple[str, ...] = ()  # the names they added (dropped when the manager changes)
+    _plugin_commands: dict[str, str] = {}  # command -> the plugin that added it (dropped when the manager changes)
 
     def _add_plugin_commands(self) -> None:
         from ..plugins import get_plugin_manager
@@ -36,7 +36,6 @@ class VqtGroup(click.Group):
         self._plugins_from = manager
         for name in self._plugin_commands:  # a fresh manager (tests, VQT_LOAD_PLUGINS) adds its own
             self.commands.pop(name, None)
-        builtin = set(self.commands)
         before: dict[str, click.Command] = {}
 
         def kwargs_for(plugin: str) -> dict[str, Any]:
@@ -44,17 +43,25 @@ class VqtGroup(click.Group):
             before.update(self.commands)
             return {"cli": self}
 
+        added: dict[str, str] = {}
+
         def accept(plugin: str, ok: bool) -> str:
             """Keep a plugin's commands only when its hook returned and replaced no existing command."""
             replaced = sorted(n for n, c in before.items() if self.commands.get(n) is not c)
             if not ok or replaced:
                 self.commands.clear()
                 self.commands.update(before)
+            added.update({n: plugin for n in self.commands if n not in before})
             return (f"command '{replaced[0]}' already exists, so none of the plugin's commands were "
                     "added; give yours another name") if ok and replaced else ""
 
         manager.call_each("vqt_register_commands", kwargs_for, accept)
-        self._plugin_commands = tuple(n for n in self.commands if n not in builtin)
+        self._plugin_commands = added
+
+    def plugin_commands(self) -> dict[str, str]:
+        """Each command a plugin added (`vqt_register_commands`), with that plugin's name."""
+        self._add_plugin_commands()
+        return dict(self._plugin_commands)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()

@@ -44,7 +44,9 @@ def recipe_options(f: Any) -> Any:
                      help="Override a recipe value (repeatable), e.g. --set train.batch_size=8.")(f)
     f = click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run folder (default: runs/<recipe name>).")(f)
-    f = click.option("--resume", is_flag=True, help="Continue the run in the run folder.")(f)
+    f = click.option("--resume", type=click.Choice(["strict", "auto"]), default=None, metavar="[auto]",
+                     help="Continue the run in the run folder. '--resume auto': continue it when the folder "
+                          "holds training state, else start a new run (relaunching a preempted job).")(f)
     f = click.option("--force", is_flag=True, help="Start over, replacing a previous run's files.")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
                      help="Override train.device.")(f)
@@ -52,19 +54,51 @@ def recipe_options(f: Any) -> Any:
     return f
 
 
-def run_training(train: Any, desc: str, recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
-           force: bool, device: str | None, strict: bool) -> None:
+class TrainCommand(click.Command):
+    """A train-* command, where `--resume auto` gives --resume its value and `--resume` alone means
+    strict. (Click's options whose value may be left out would take a RECIPE after --resume as theirs.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _resume_values(args))
+
+
+def _resume_values(args: list[str]) -> list[str]:
+    """`--resume auto` -> `--resume=auto`, any other `--resume` -> `--resume=strict` (up to `--`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--":
+            return out + args[i:]
+        if args[i] == "--resume":
+            auto = args[i + 1:i + 2] == ["auto"]
+            out.append("--resume=auto" if auto else "--resume=strict")
+            i += 1 + auto
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def run_training(train: Any, desc: str, recipe_path: str, overrides: tuple[str, ...], out: str | None,
+                 resume: str | None, force: bool, device: str | None, strict: bool) -> None:
     """Both train-* commands: load the recipe, run with a progress bar, report on rank 0."""
     from ..recipes import load_recipe
+    from ..train.run_dir import STATE
 
     recipe = load_recipe(recipe_path, overrides + (("data.strict=true",) if strict else ()))
+    folder = out or f"runs/{recipe.stem}"
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if resume == "auto" and rank0:
+        state = Path(folder) / STATE
+        click.echo(f"--resume auto: resuming from {state}" if state.is_file() else
+                   f"--resume auto: {folder} holds no training state; starting a new run")
     bar = Bar(desc, "step")
     try:
-        summary = train(recipe, out or f"runs/{recipe.stem}", resume=resume, force=force, device=device,
-                        progress=bar.steps)
+        summary = train(recipe, folder, resume={None: False, "strict": True, "auto": "auto"}[resume],
+                        force=force, device=device, progress=bar.steps)
     finally:
         bar.close()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank0:
         report(summary)
 
 
@@ -73,6 +107,8 @@ def report(summary: dict[str, Any]) -> None:
     if summary.get("skipped_images"):
         names = summary["skipped_images"]
         click.echo(f"skipped {len(names)} unreadable image(s), e.g. {names[0]} (--strict stops at the first)")
+    for name, reason in summary.get("loggers_off", {}).items():
+        click.echo(f"logger {name} was turned off: {reason}")
     figures = {k: summary[k] for k in ("psnr", "codebook_usage", "perplexity", "bits_per_token", "gain_percent")
                if k in summary}
     if figures:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .options import Bar, device_for, outputs_for, recipe_options, run_training
+from .options import Bar, TrainCommand, device_for, outputs_for, recipe_options, run_training
 
 
-@click.command("train-stage1")
+@click.command("train-stage1", cls=TrainCommand)
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @recipe_options
-def train_stage1_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
+def train_stage1_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: str | None,
                          force: bool, device: str | None, strict: bool) -> None:
     """Train a VQGAN (stage 1) from a TOML recipe."""
     from ..train.stage1 import train_stage1

@@ -8,7 +8,7 @@ import click
 
 from ..anchors import ANCHORS
 from ..errors import VqtError
-from .options import Bar, device_for, parse_size, recipe_options, run_training
+from .options import Bar, TrainCommand, device_for, parse_size, recipe_options, run_training
 
 
 @click.command("tokenize")
@@ -36,10 +36,10 @@ def tokenize_command(recipe_path: str, model_path: str, out: str, overrides: tup
                f"train with: vqt train-stage2 RECIPE --set data.tokens={out}")
 
 
-@click.command("train-stage2")
+@click.command("train-stage2", cls=TrainCommand)
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @recipe_options
-def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: bool,
+def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str | None, resume: str | None,
                          force: bool, device: str | None, strict: bool) -> None:
     """Train the transformer (stage 2) from a TOML recipe."""
     from ..train.stage2 import train_stage2

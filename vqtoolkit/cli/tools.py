@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -24,10 +25,11 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     from ..plugins import KINDS, describe
 
     listing = describe()
+    _add_commands(listing, ctx)
     if as_json:
         click.echo(json.dumps(listing, indent=2))
     else:
-        kinds = list(KINDS)
+        kinds = [*KINDS, "loggers", "commands"]
         rows = [["PLUGIN", "SOURCE", "HOOKS [WHAT IT REGISTERED]"]]
         for r in listing["plugins"]:
             detail = f"error: {r['error']}" if r["error"] else ", ".join(r["hooks"])
@@ -46,3 +48,14 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"Error: {len(failed)} plugin(s) failed and were skipped: {', '.join(failed)} "
                    "(the error of each is listed above); fix or uninstall them", err=True)
         ctx.exit(1)
+
+
+def _add_commands(listing: dict[str, Any], ctx: click.Context) -> None:
+    """The commands plugins added, in each plugin's row and by name (the plugin manager knows
+    plugins; the command group knows which plugin added which command)."""
+    group = ctx.find_root().command
+    added = group.plugin_commands()
+    for row in listing["plugins"]:
+        row["commands"] = sorted(n for n, plugin in added.items() if plugin == row["name"])
+    listing["commands"] = {n: {"plugin": added[n], "description": group.commands[n].get_short_help_str(80)}
+                           for n in sorted(added)}

@@ -16,7 +16,7 @@ import copy
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..distributed import max_over_ranks, mean_over_ranks
-from ..errors import CheckpointError, VqtError
+from ..errors import CheckpointError, PluginError, VqtError
 from ..recipes import Recipe, TrainConfig, recipe_to_dict
 from .order import batch_stream
-from .run_dir import RunDir
+from .run_dir import Resume, RunDir
+from .run_loggers import RunLoggers
 from .runtime import Runtime, setup_runtime
 from .state import _match_parameter_layouts, restore_rng, rng_state, same_architecture, seed_everything
 
@@ -44,14 +45,15 @@ class TrainingStopped(VqtError):
     """Training ended early on purpose (signal or non-finite loss); the last checkpoint is intact."""
 
 
-def start_run(recipe: Recipe, out: str | Path, *, resume: bool, force: bool, device: str | None,
+def start_run(recipe: Recipe, out: str | Path, *, resume: Resume, force: bool, device: str | None,
               architecture: tuple[str, ...]) -> tuple[Runtime, RunDir, dict[str, Any] | None]:
-    """What every run does before building its model: pick the device and join the process group,
-    check the run folder against --resume/--force, refuse a resume whose recipe changed any of
-    `architecture` (see `same_architecture`), and seed this rank. Returns (runtime, run folder, the
-    training state to resume from or None)."""
+    """What every run does before building its model: check the names in train.loggers, pick the
+    device and join the process group, check the run folder against --resume/--force, refuse a resume
+    whose recipe changed any of `architecture` (see `same_architecture`), and seed this rank. Returns
+    (runtime, run folder, the training state to resume from or None)."""
+    loggers = RunLoggers(recipe.train.loggers, recipe.path or "recipe")
     rt = setup_runtime(recipe.train, device)
-    run = RunDir(out)
+    run = RunDir(out, loggers)
     state = run.prepare(recipe, resume, force, rt)
     if state is not None:
         same_architecture(state, recipe, run, architecture)
@@ -179,7 +181,7 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
         _checkpoint(job, run, rt, recipe, step, batches_done)
         last_saved = step
 
-    with StopSignals() as signals:
+    with StopSignals() as signals, _loggers_running(run, recipe, rt, step):
         while step < cfg.max_steps:
             try:
                 logs, ok = job.step(step, next_batch), True
@@ -201,8 +203,7 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
             if window and (step % cfg.log_every == 0 or step == cfg.max_steps):
                 record = _window_means(window, rt)
                 if rt.is_main:
-                    run.log_metrics({"step": step, "lr": job.lr, "time": round(time.perf_counter() - started, 3),
-                                     **record})
+                    run.log_metrics(step, {"lr": job.lr, "time": round(time.perf_counter() - started, 3), **record})
                 window.clear()
             if rt.is_main and (step % cfg.sample_every == 0 or step == cfg.max_steps):
                 job.samples(step)
@@ -215,18 +216,40 @@ def fit(job: Job, recipe: Recipe, rt: Runtime, run: RunDir, state: dict[str, Any
                     checkpoint()
                 raise TrainingStopped(f"stopped by {signals.received or 'a signal on another rank'} at "
                                       f"step {step}; checkpoint saved in {run.path}; continue with --resume")
-    summary: dict[str, Any] = {"step": step, "run": str(run.path), "bundle": str(run.bundle),
-                               "skipped_images": sorted(skipped)}
-    if rt.is_main:
-        summary.update(_log_held_out(job, run, step))
+        summary: dict[str, Any] = {"step": step, "run": str(run.path), "bundle": str(run.bundle),
+                                   "skipped_images": sorted(skipped)}
+        if rt.is_main:
+            summary.update(_log_held_out(job, run, step))
+    summary["loggers_off"] = dict(run.loggers.off)
     return summary
+
+
+@contextlib.contextmanager
+def _loggers_running(run: RunDir, recipe: Recipe, rt: Runtime, step: int) -> Iterator[None]:
+    """The loggers started on rank 0 (when one cannot start, every rank stops with its error) and
+    ended however training ends: finished, stopped by a signal, or failed."""
+    error = ""
+    if rt.is_main:
+        try:
+            run.loggers.start(run.path, recipe, step)
+        except PluginError as e:
+            error = str(e)
+    failed = torch.tensor([1.0 if error else 0.0])
+    if rt.distributed:
+        failed = max_over_ranks(failed.to(rt.device))
+    if failed.item():
+        raise PluginError(error or "a logger could not start on rank 0 (its error is in rank 0's output)")
+    try:
+        yield
+    finally:
+        run.loggers.end()
 
 
 def _log_held_out(job: Job, run: RunDir, step: int) -> dict[str, Any]:
     """The held-out figures now, logged as val_* beside the training curves, and the curves redrawn."""
     figures = job.summary()
     if figures:
-        run.log_metrics({"step": step, **{f"val_{k}": v for k, v in figures.items()}})
+        run.log_metrics(step, {f"val_{k}": v for k, v in figures.items()})
     run.write_curves()
     return figures
 

@@ -1,14 +1,17 @@
 """The run folder: the one place a run's files are named, and the rules for --resume and --force.
 
 Stages, the loop and the CLI all point at the same files (the bundle, the training state, the metrics
-log, the sample grids, the resolved recipe); naming them in one class keeps those paths in step.
+log, the sample grids, the resolved recipe); naming them in one class keeps those paths in step. The
+run's loggers (run_loggers.py) receive what is logged and every grid written here.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from ..checkpoint import load_train_state, save_train_state
 from ..errors import VqtError
@@ -16,23 +19,42 @@ from ..fileio import atomic_write_text
 from ..images import save_png
 from ..plots import plot_curves, read_metrics
 from ..recipes import Recipe, recipe_to_toml
+from .run_loggers import RunLoggers
 from .runtime import Runtime
+
+Resume = bool | Literal["auto"]  # --resume: False (a new run), True (strict), "auto" (when there is state)
+STATE = "state.safetensors"  # what --resume continues from
+METRICS = "metrics.jsonl"  # what the built-in `jsonl` logger writes, and curves.png and --resume read
+
+
+def append_metrics(folder: Path, step: int, record: dict[str, float]) -> None:
+    """One line of the run folder's metrics.jsonl: {"step": step, **record}."""
+    with open(folder / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **record}) + "\n")
 
 
 class RunDir:
     """runs/<recipe>/: last.safetensors, state.safetensors, metrics.jsonl, curves.png, samples/, recipe.toml."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, loggers: RunLoggers) -> None:
         self.path = Path(path)
+        self.loggers = loggers
         self.bundle = self.path / "last.safetensors"
-        self.state = self.path / "state.safetensors"
-        self.metrics = self.path / "metrics.jsonl"
+        self.state = self.path / STATE
+        self.metrics = self.path / METRICS
         self.samples = self.path / "samples"
         self.recipe = self.path / "recipe.toml"
         self.curves = self.path / "curves.png"
 
-    def prepare(self, recipe: Recipe, resume: bool, force: bool, rt: Runtime) -> dict[str, Any] | None:
-        """Check the folder against --resume/--force; return the state to resume from, if any."""
+    def prepare(self, recipe: Recipe, resume: Resume, force: bool, rt: Runtime) -> dict[str, Any] | None:
+        """Check the folder against --resume/--force; return the state to resume from, if any.
+
+        resume="auto" resumes when the folder holds training state and otherwise starts a new run (a
+        preempted job relaunched with the same command): what a run killed before its first complete
+        checkpoint left (metrics, grids, a bundle without its state) is replaced."""
+        if resume == "auto":
+            resume = self.state.is_file()
+            force = force or not resume
         if resume:
             if not self.state.is_file():
                 raise VqtError(f"--resume: {self.path} holds no training state ({self.state.name}); "
@@ -68,9 +90,14 @@ class RunDir:
                 continue
         atomic_write_text(self.metrics, "".join(line + "\n" for line in kept), force=True)
 
-    def log_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    def log_metrics(self, step: int, record: dict[str, float]) -> None:
+        """Hand a record of figures at `step` to the loggers (the `jsonl` logger appends it to metrics.jsonl)."""
+        self.loggers.metrics(step, record)
+
+    def save_grid(self, name: str, step: int, grid: np.ndarray) -> None:
+        """samples/<name>_<step>.png (name: "samples", "reconstructions"), also handed to the loggers."""
+        save_png(grid, self.samples / f"{name}_{step:07d}.png", force=True)
+        self.loggers.image(step, name, grid)
 
     def write_curves(self) -> None:
         """curves.png: one panel per figure in metrics.jsonl (losses, PSNR, usage, bits, gain, ...)."""

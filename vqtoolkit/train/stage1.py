@@ -19,7 +19,7 @@ from ..quantizer_options import complete_recipe_quantizer
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..errors import RecipeError
 from ..evaluation import evaluate
-from ..images import image_grid, save_png, to_uint8
+from ..images import image_grid, to_uint8
 from ..losses import VQLoss
 from ..plugins import get_condition
 from ..recipes import Recipe
@@ -195,4 +195,4 @@ def _write_reconstructions(run: RunDir, vqgan: torch.nn.Module, batch: torch.Ten
     recon = vqgan(batch)[0]
     vqgan.train(was_training)
     rows = [[render(a), render(b)] for a, b in zip(batch, recon)]
-    save_png(image_grid(rows), run.samples / f"reconstructions_{step:07d}.png", force=True)
+    run.save_grid("reconstructions", step, image_grid(rows))

@@ -22,7 +22,7 @@ from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..data.tokens import TokenShards, fingerprint
 from ..errors import RecipeError
 from ..evaluation_stage2 import likelihood_figures
-from ..images import image_grid, save_png, to_uint8
+from ..images import image_grid, to_uint8
 from ..models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 from ..recipes import Recipe
 from ..stage1 import Stage1Model
@@ -222,7 +222,7 @@ def _write_samples(run: RunDir, model: Stage2Model, gpt: GPT, val_set: Dataset |
                 images, _ = model.sample(1, size, cond=raw, seed=step + i, temperature=s.temperature,
                                          top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None)
                 rows.append([model.condition.render(raw), to_uint8(images[0])])
-        save_png(image_grid(rows), run.samples / f"samples_{step:07d}.png", force=True)
+        run.save_grid("samples", step, image_grid(rows))
     finally:
         model.gpt = was
 
