@@ -133,10 +133,10 @@ def test_rolling_sampler_is_the_reference_with_a_class_and_guidance():
 def test_caches_hold_only_their_rows_whatever_the_height():
     gpt = local_gpt(True, WINDOW * WINDOW, (2, 4), n_layer=2)  # h = 2, a = 2, hs = 8
     cache = RollingCache(gpt, batch=3, width=9)
-    assert cache.keys.shape == (2, 3, 2, 3, 9 + 2 * 2 + 2, 8) == cache.values.shape  # h + 1 rows
+    assert cache.keys.shape == (2, 3, 2, 2 * 3, 9 + 2 * 2 + 2, 8) == cache.values.shape  # h + 1 rows, twice
     for height in (10, 40):
         rows = ConditionRows(gpt, torch.randint(VOCAB, (3, height, 9)))
-        assert rows.keys.shape == (2, 3, 2, 5, 9 + 2 * 2 + 1, 8)  # 2h + 1 rows
+        assert rows.keys.shape == (2, 3, 2, 2 * 5, 9 + 2 * 2 + 1, 8)  # 2h + 1 rows, twice
         for y in range(height):
             rows.advance(y)
             assert rows.band_kv[0].shape[3] <= rows.band == 5  # bands of max(2·(L - 1)·h, 2h + 1) rows

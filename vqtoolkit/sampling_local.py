@@ -2,8 +2,10 @@
 
 Memory. Per layer, the keys and values of the image positions live in a ring of h + 1 rows (the h
 rows above and the current one) of W + 1 positions; a position's entries never change once written
-(`models/local_transformer.py`), so a step writes its own and gathers its neighbourhood's. A spatial
-condition's keys and values live in a ring of 2h + 1 rows (h above, h below). They are computed in
+(`models/local_transformer.py`), so a step writes its own and reads its neighbourhood's. A spatial
+condition's keys and values live in a ring of 2h + 1 rows (h above, h below). Each ring is stored
+twice over (row r in slots r mod n and r mod n + n), so any n consecutive rows are one slice: a step
+reads views, never gathers by index. They are computed in
 bands of rows: a condition token's layer-l state depends on the condition rows within l·h of it, so
 a band of rows [s, e) is computed exactly from input rows [s - m, e + m), m = (L - 1)·h, with
 attention in chunks of rows (keys within h rows). Bands are 2m rows (at least 2h + 1), so the
@@ -26,12 +28,12 @@ Guidance = tuple[torch.Tensor, float] | None  # (null condition tokens, scale) f
 
 class RollingCache:
     """Keys and values of the last h + 1 image rows, per layer, padded by a columns on each side so
-    every neighbourhood is one slice: (L, B, nh, h + 1, W + 2a + 2, hs) each."""
+    every neighbourhood is one slice: (L, B, nh, 2(h + 1), W + 2a + 2, hs) each (the ring twice)."""
 
     def __init__(self, gpt: LocalGPT, batch: int, width: int) -> None:
         hs = gpt.n_embd // gpt.n_head
         w = gpt.tok_emb.weight
-        shape = (gpt.n_layer, batch, gpt.n_head, gpt.rows + 1, width + 2 * gpt.half + 2, hs)
+        shape = (gpt.n_layer, batch, gpt.n_head, 2 * (gpt.rows + 1), width + 2 * gpt.half + 2, hs)
         self.keys = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.values = torch.zeros(shape, dtype=w.dtype, device=w.device)
 
@@ -39,8 +41,8 @@ class RollingCache:
 class ConditionRows:
     """Per-layer keys and values of a condition for the rows a step needs (see the module docstring).
 
-    Global conditions: (L, B, nh, P, hs), computed once. Grids: a ring of 2h + 1 rows,
-    (L, B, nh, 2h + 1, W + 2a + 1, hs), filled from bands as the sampler moves down."""
+    Global conditions: (L, B, nh, P, hs), computed once. Grids: a ring of 2h + 1 rows stored twice,
+    (L, B, nh, 2(2h + 1), W + 2a + 1, hs), filled from bands as the sampler moves down."""
 
     def __init__(self, gpt: LocalGPT, cond: torch.Tensor) -> None:
         self.gpt, self.cond = gpt, cond
@@ -51,7 +53,7 @@ class ConditionRows:
         B, H, W = cond.shape
         L, nh, h, a = gpt.n_layer, gpt.n_head, gpt.rows, gpt.half
         w = gpt.tok_emb.weight
-        shape = (L, B, nh, 2 * h + 1, W + 2 * a + 1, gpt.n_embd // nh)
+        shape = (L, B, nh, 2 * (2 * h + 1), W + 2 * a + 1, gpt.n_embd // nh)
         self.keys = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.values = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.margin = (L - 1) * h
@@ -73,9 +75,10 @@ class ConditionRows:
                 lo, hi = max(0, r - self.margin), min(H, self.band_end + self.margin)
                 self.band_kv = self._states(self.cond[:, lo:hi], lo, r - lo, self.band_end - r)
             k, v = self.band_kv  # (L, B, nh, rows, W, hs) each
-            slot, W = r % (2 * h + 1), self.cond.shape[2]
-            self.keys[:, :, :, slot, a:a + W] = k[:, :, :, r - self.band_start]
-            self.values[:, :, :, slot, a:a + W] = v[:, :, :, r - self.band_start]
+            W = self.cond.shape[2]
+            for slot in (r % (2 * h + 1), r % (2 * h + 1) + 2 * h + 1):
+                self.keys[:, :, :, slot, a:a + W] = k[:, :, :, r - self.band_start]
+                self.values[:, :, :, slot, a:a + W] = v[:, :, :, r - self.band_start]
             self.filled += 1
 
     def _states(self, cond: torch.Tensor, top: int, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,14 +151,13 @@ def sample_local(
             conditions.advance(y)
             if row_kind(y, H, h) != kind:
                 kind, masks = row_kind(y, H, h), {}
-            rows = ring_rows(y, h, cond.device, conditions.grid)
             for x in range(W + 1):
                 if x not in masks:
                     masks[x] = step_bias(gpt, y, x, H, W)
                 token = None if x == 0 else idx[:, y, x - 1]
                 if token is not None and guided:
                     token = token.repeat(2)
-                state = step(gpt, cache, conditions, token, y, x, rows, masks[x])
+                state = step(gpt, cache, conditions, token, y, x, masks[x])
                 if x == W or not todo[y, x]:
                     continue
                 logits = gpt.head(gpt.ln_f(state[:, 0]))  # (B', V)
@@ -174,14 +176,6 @@ def row_kind(y: int, H: int, h: int) -> tuple[int, int]:
     return max(0, h - y), max(0, y + h - (H - 1))
 
 
-def ring_rows(y: int, h: int, device: torch.device, grid: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ring slots of image rows y, y - 1, .., y - h and, for a condition grid, of rows y - h .. y + h."""
-    image = torch.tensor([(y - dy) % (h + 1) for dy in range(h + 1)], device=device)
-    if not grid:
-        return image, None
-    return image, torch.tensor([(y + dy) % (2 * h + 1) for dy in range(-h, h + 1)], device=device)
-
-
 def null_condition(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     """The guidance stream's condition: the first len(null) global tokens replaced (as GuidedGPT), or a
     grid filled with a single null token."""
@@ -197,11 +191,11 @@ def null_condition(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
 
 
 def step_bias(gpt: LocalGPT, y: int, x: int, H: int, W: int) -> torch.Tensor:
-    """Masks (L, 1, nh, 1, K) of position (y, x) over the keys `step` gathers, in its order: image rows
-    y, y - 1, .., y - h, columns x - a + 1 .. x + a + 1; then condition rows y - h .. y + h, columns
+    """Masks (L, 1, nh, 1, K) of position (y, x) over the keys `step` reads, in its order: image rows
+    y - h .. y, columns x - a + 1 .. x + a + 1; then condition rows y - h .. y + h, columns
     x - a .. x + a (or the global tokens). Keys off the grid are masked."""
     h, a, dev = gpt.rows, gpt.half, gpt.tok_emb.weight.device
-    ry = torch.arange(y, y - h - 1, -1, device=dev)[:, None].expand(h + 1, 2 * a + 1)
+    ry = torch.arange(y - h, y + 1, device=dev)[:, None].expand(h + 1, 2 * a + 1)
     rx = torch.arange(x - a + 1, x + a + 2, device=dev)[None].expand(h + 1, 2 * a + 1)
     img = torch.stack([ry.flatten(), rx.flatten()], dim=1)
     on = (img[:, 0] >= 0) & (img[:, 1] >= 0) & (img[:, 1] <= W)
@@ -223,22 +217,24 @@ def step_bias(gpt: LocalGPT, y: int, x: int, H: int, W: int) -> torch.Tensor:
 
 
 def step(gpt: LocalGPT, cache: RollingCache, conditions: ConditionRows, token: torch.Tensor | None,
-         y: int, x: int, rows: tuple[torch.Tensor, torch.Tensor | None], bias: torch.Tensor) -> torch.Tensor:
+         y: int, x: int, bias: torch.Tensor) -> torch.Tensor:
     """Run position (y, x) (its input: `token` (B,), or the row start) through every layer, storing its
     keys and values; returns its final state (B, 1, C)."""
     h, a = gpt.rows, gpt.half
     B = cache.keys.shape[1]
     state = gpt.row_start.expand(B, 1, -1) if token is None else gpt.tok_emb(token)[:, None]
-    rows, crows = rows
+    n, m = h + 1, 2 * h + 1
+    top, ctop = (y - h) % n, (y - h) % m  # slots of rows y - h in the doubled rings
     for layer, block in enumerate(gpt.blocks):
         q, k, v = block.attn.qkv(block.ln1(state))  # (B, nh, 1, hs) each
-        cache.keys[layer, :, :, y % (h + 1), x + a] = k[:, :, 0]
-        cache.values[layer, :, :, y % (h + 1), x + a] = v[:, :, 0]
-        keys = cache.keys[layer][:, :, rows, x + 1:x + 2 * a + 2].flatten(2, 3)  # (B, nh, (h+1)(2a+1), hs)
-        values = cache.values[layer][:, :, rows, x + 1:x + 2 * a + 2].flatten(2, 3)
+        for slot in (y % n, y % n + n):
+            cache.keys[layer, :, :, slot, x + a] = k[:, :, 0]
+            cache.values[layer, :, :, slot, x + a] = v[:, :, 0]
+        keys = cache.keys[layer, :, :, top:top + n, x + 1:x + 2 * a + 2].flatten(2, 3)  # (B, nh, (h+1)(2a+1), hs)
+        values = cache.values[layer, :, :, top:top + n, x + 1:x + 2 * a + 2].flatten(2, 3)
         if conditions.grid:
-            ck = conditions.keys[layer][:, :, crows, x:x + 2 * a + 1].flatten(2, 3)  # (B, nh, (2h+1)(2a+1), hs)
-            cv = conditions.values[layer][:, :, crows, x:x + 2 * a + 1].flatten(2, 3)
+            ck = conditions.keys[layer, :, :, ctop:ctop + m, x:x + 2 * a + 1].flatten(2, 3)  # (B, nh, (2h+1)(2a+1), hs)
+            cv = conditions.values[layer, :, :, ctop:ctop + m, x:x + 2 * a + 1].flatten(2, 3)
         else:
             ck, cv = conditions.keys[layer], conditions.values[layer]  # (B, nh, P, hs)
         keys, values = torch.cat([keys, ck], dim=2), torch.cat([values, cv], dim=2)
