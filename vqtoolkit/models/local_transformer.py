@@ -111,6 +111,8 @@ class LocalGPT(nn.Module):
             self.global_pos = nn.Parameter(torch.zeros(self.n_prefix, C))  # order of the global tokens
         self.apply(GPT._init_weights)
         nn.init.normal_(self.row_start, std=0.02)
+        if grid_condition:
+            nn.init.normal_(self.cond_emb, std=0.02)
 
     configure_optimizer = GPT.configure_optimizer  # the same grouping: only Linear weights decay
 
