@@ -5,11 +5,14 @@ rows above and the current one) of W + 1 positions; a position's entries never c
 (`models/local_transformer.py`), so a step writes its own and reads its neighbourhood's. A spatial
 condition's keys and values live in a ring of 2h + 1 rows (h above, h below). Each ring is stored
 twice over (row r in slots r mod n and r mod n + n), so any n consecutive rows are one slice: a step
-reads views, never gathers by index. They are computed in
-bands of rows: a condition token's layer-l state depends on the condition rows within l·h of it, so
-a band of rows [s, e) is computed exactly from input rows [s - m, e + m), m = (L - 1)·h, with
-attention in chunks of rows (keys within h rows). Bands are 2m rows (at least 2h + 1), so the
-condition costs about twice its own forward, and nothing held grows with the image height.
+reads views, never gathers by index.
+
+The condition's rows are computed in bands: a condition token's layer-l state depends on the
+condition rows within l·h of it, so a band of rows [s, e) is computed exactly from input rows
+[s - m, e + m), m = (L - 1)·h, one query row at a time (keys within h rows). Bands are 2m rows (at
+least 2h + 1), so the condition costs about twice its own forward, and nothing held grows with the
+image height: memory is bounded by about 4m rows of the image width (measured on CPU, f16, 8 layers,
+512 wide, h = 8: 2048x2048 and 2048x4096 add 1.41 and 1.49 GB).
 
 Guidance runs the conditional and the null-condition streams as one doubled batch, as GuidedGPT.
 """
