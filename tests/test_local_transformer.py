@@ -244,3 +244,23 @@ def test_inpainting_keeps_unmasked_codes_and_matches_the_reference(first):
             expected[:, t] = model.gpt.grid_logits(torch.tensor([[1]]), expected[:, :t], 7)[:, t].argmax(-1)
     assert torch.equal(codes, expected.view(1, 6, 7))
     assert not torch.equal(codes, known)
+
+
+# resuming ----------------------------------------------------------------------------------------
+
+
+def test_runs_from_before_local_attention_resume_and_a_changed_attention_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from vqtoolkit.recipes import Recipe, TransformerConfig, recipe_to_dict
+    from vqtoolkit.train.stage2 import ARCHITECTURE
+    from vqtoolkit.train.state import same_architecture
+
+    run = SimpleNamespace(path=tmp_path, recipe=tmp_path / "recipe.toml")
+    saved = recipe_to_dict(Recipe())
+    for key in ("attention", "neighbourhood"):  # what a run state written before these keys holds
+        del saved["transformer"][key]
+    same_architecture({"recipe": saved}, Recipe(), run, ARCHITECTURE)
+    with pytest.raises(VqtError, match=r"\[transformer\] differs"):
+        same_architecture({"recipe": saved}, Recipe(transformer=TransformerConfig(attention="local")), run,
+                          ARCHITECTURE)
