@@ -201,8 +201,13 @@ class TransformerConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 0  # the older, stage-2-only name of train.warmup_steps (either may be set, not both)
     cosine_schedule: bool = False  # true: as train.lr_schedule = "cosine" (its older, stage-2-only name)
+    attention: Literal["full", "local"] = "full"  # full: minGPT over the window; local: causal 2-D neighbourhoods, rolling-cache sampling at any size
+    neighbourhood: tuple[int, ...] = (8, 16)  # attention = "local": [rows above, column span]: a token sees h rows above and span/2 columns each side
 
     def __post_init__(self) -> None:
+        _check(self.attention in ("full", "local"), "transformer.attention", self.attention, '"full" or "local"')
+        _check(len(self.neighbourhood) == 2 and self.neighbourhood[0] >= 1 and self.neighbourhood[1] >= 2,
+               "transformer.neighbourhood", list(self.neighbourhood), "[rows above >= 1, column span >= 2]")
         _check(self.n_layer >= 1, "transformer.n_layer", self.n_layer, "an integer >= 1")
         _check(self.n_head >= 1, "transformer.n_head", self.n_head, "an integer >= 1")
         _check(self.n_embd % self.n_head == 0, "transformer.n_embd", self.n_embd,

@@ -7,7 +7,8 @@
 
 The token sequence is condition tokens first (a start token when unconditional, a class token, or a
 window of a spatial condition's index grid), then the image's codes in raster order. Sizes larger
-than the training window are sampled with the sliding window of the paper (Fig. 3).
+than the training window are sampled with the sliding window of the paper (Fig. 3); a local-attention
+transformer (transformer.attention = "local") samples every size with its rolling cache instead.
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ from .condition_options import NO_CONDITION, check_same_options, condition_meta,
 from .conditions import Condition
 from .errors import CheckpointError, ImageError, RecipeError, VqtError
 from .images import pixel_size
+from .models.local_transformer import LocalGPT, build_transformer
 from .models.transformer import GPT, GPTConfig
 from .recipes import ConditionConfig
 from .plugins import get_condition
 from .editing import code_mask, place, sample_masked
-from .sampling import GuidedGPT, PrefixForWindow, Progress, sample_raster, sample_sliding
+from .sampling import GuidedGPT, Progress, sample_raster, sample_sliding
+from .sampling_local import Guidance, sample_local
 from .stage1 import Stage1Model
 
 
 ARCHITECTURE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # bundle config -> GPTConfig
+LOCAL_KEYS = ("attention", "neighbourhood")  # only local models store them: older bundles are "full"
 
 
 @dataclass
@@ -162,7 +166,7 @@ def crop_window(grid: torch.Tensor, top: int, left: int, h: int, w: int) -> torc
 class Stage2Model:
     """Everything `vqt sample` needs, as one object (what a stage-2 bundle holds)."""
 
-    def __init__(self, first_stage: Stage1Model, gpt: GPT, window: int,
+    def __init__(self, first_stage: Stage1Model, gpt: GPT | LocalGPT, window: int,
                  condition: ConditionSpec | None, sos_token: int = 0) -> None:
         self.first_stage = first_stage
         self.gpt = gpt
@@ -173,7 +177,8 @@ class Stage2Model:
     # ---- files ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        architecture = {k: v for k, v in dataclasses.asdict(self.gpt.config).items() if not k.endswith("_pdrop")}
+        architecture = {k: v for k, v in dataclasses.asdict(self.gpt.config).items() if not k.endswith("_pdrop")
+                        and (self.local or k not in LOCAL_KEYS)}
         config: dict[str, Any] = {
             "first_stage": self.first_stage.config(),
             "transformer": {**architecture, "window": self.window},
@@ -212,7 +217,9 @@ class Stage2Model:
                                       "VQGAN, but the bundle has no cond_stage")
             spec = ConditionSpec(condition, options, stage)
         t = config["transformer"]
-        gpt = GPT(GPTConfig(**{k: t[k] for k in ARCHITECTURE_KEYS}))  # dropouts off: an inference model
+        local = {k: tuple(t[k]) if isinstance(t[k], list) else t[k] for k in LOCAL_KEYS if k in t}
+        gpt_config = GPTConfig(**{k: t[k] for k in ARCHITECTURE_KEYS}, **local)  # dropouts off: for inference
+        gpt = build_transformer(gpt_config, int(t["window"]), spec is not None and spec.grid_like)
         load_state(gpt, bundle.namespace("transformer"), f"{bundle.path} (transformer.*)")
         model = cls(first, gpt.eval(), int(t["window"]), spec, int(config.get("sos_token", 0)))
         return model.to(device)
@@ -236,6 +243,11 @@ class Stage2Model:
     def factor(self) -> int:
         return self.first_stage.factor
 
+    @property
+    def local(self) -> bool:
+        """A local-attention transformer: rolling-cache sampling, no sliding window."""
+        return self.gpt.config.attention == "local"
+
     # ---- sequences ---------------------------------------------------------------------------
 
     def prefix_fn(self, cond_tokens: torch.Tensor | None, batch: int) -> Callable[[int, int], torch.Tensor]:
@@ -258,7 +270,7 @@ class Stage2Model:
             raise ImageError(f"--size {width}x{height} is not a multiple of the model's factor {f}: "
                              f"use width {near(width)} and height {near(height)}")
         h, w = height // f, width // f
-        if h < self.window or w < self.window:
+        if not self.local and (h < self.window or w < self.window):
             side = self.window * f
             raise ImageError(f"--size {width}x{height} is smaller than the model's window of "
                              f"{side}x{side} pixels ({self.window}x{self.window} codes at f={f})")
@@ -295,8 +307,12 @@ class Stage2Model:
         stride = self._stride(window_stride)
         draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
-        def draw(gpt: Any, prefix_fn: PrefixForWindow, b: int, generator: torch.Generator,
-                 step: Progress) -> torch.Tensor:
+        def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
+                 guidance: Guidance) -> torch.Tensor:
+            if self.local:
+                return sample_local(self.gpt, self._local_condition(cond_tokens, b), grid, generator=generator,
+                                    progress=step, guidance=guidance, **draws)
+            gpt, prefix_fn = self._guided(guidance), self.prefix_fn(cond_tokens, b)
             if grid == (self.window, self.window):
                 out = sample_raster(gpt, prefix_fn(0, 0), grid[0] * grid[1], generator=generator,
                                     progress=step, **draws)
@@ -324,31 +340,45 @@ class Stage2Model:
         stride = self._stride(window_stride)
         draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
-        def draw(gpt: Any, prefix_fn: PrefixForWindow, b: int, generator: torch.Generator,
-                 step: Progress) -> torch.Tensor:
-            return sample_masked(gpt, prefix_fn, keep.expand(b, *grid), resample, (self.window, self.window),
-                                 stride=stride, generator=generator, progress=step, **draws)
+        def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
+                 guidance: Guidance) -> torch.Tensor:
+            if self.local:
+                return sample_local(self.gpt, self._local_condition(cond_tokens, b), grid, codes=keep.expand(b, *grid),
+                                    mask=resample, generator=generator, progress=step, guidance=guidance, **draws)
+            return sample_masked(self._guided(guidance), self.prefix_fn(cond_tokens, b), keep.expand(b, *grid),
+                                 resample, (self.window, self.window), stride=stride, generator=generator,
+                                 progress=step, **draws)
 
         return self._draw(draw, n, grid, int(resample.sum()), cond, seed, cfg_scale, batch_size, progress)
 
     def _stride(self, window_stride: int | None) -> int:
+        if self.local and window_stride is not None:
+            raise VqtError("--window-stride applies to full-attention transformers only; this model has "
+                           "local attention and samples every size with its rolling cache")
         return window_stride if window_stride is not None else max(1, self.window // 2)
+
+    def _guided(self, guidance: Guidance) -> Any:
+        return self.gpt if guidance is None else GuidedGPT(self.gpt, *guidance)
+
+    def _local_condition(self, cond_tokens: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The local sampler's condition: the whole grid, the global tokens, or the start token."""
+        return self.prefix_fn(None, batch)(0, 0) if cond_tokens is None else cond_tokens
 
     def _draw(self, draw: Callable[..., torch.Tensor], n: int, grid: tuple[int, int], per_sample: int,
               cond: torch.Tensor | None, seed: int, cfg_scale: float, batch_size: int,
               progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What `sample` and `edit` share: guidance, one generator, the condition encoded once, batches
-        of `draw(gpt, prefix_fn, b, generator, step)` with progress over `per_sample` codes each, decoding."""
+        of `draw(cond_tokens, b, generator, step, guidance)` with progress over `per_sample` codes each, decoding."""
         if n < 1:
             raise VqtError(f"--n must be at least 1, got {n}")
-        gpt: Any = self.gpt
+        guidance = None
         if cfg_scale != 1.0:
             null = self.condition.null_tokens() if self.condition else None
             if null is None:
                 raise VqtError(f"--cfg-scale needs a condition whose plugin gives null tokens (a null_tokens "
                                f"method, trained with label dropout); "
                                f"this model's is '{self.condition.name if self.condition else 'none'}'")
-            gpt = GuidedGPT(self.gpt, null.to(self.device), cfg_scale)
+            guidance = (null.to(self.device), cfg_scale)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         cond_tokens_1 = self.condition_tokens(cond, grid, 1)  # encoded once, shared by every batch
         codes, done, total = [], 0, n * per_sample
@@ -360,7 +390,7 @@ class Stage2Model:
                 if progress is not None:
                     progress(offset + k * b, total)
 
-            codes.append(draw(gpt, self.prefix_fn(cond_tokens, b), b, generator, step))
+            codes.append(draw(cond_tokens, b, generator, step, guidance))
             done += b * per_sample
         codes_t = torch.cat(codes)  # (n, h, w)
         images = torch.cat([self.first_stage.decode(codes_t[i:i + batch_size])

@@ -68,7 +68,8 @@ def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str 
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--window-stride", type=int, default=None,
               help="Sliding-window step in codes: 1 is the reference behaviour (slowest); default half the "
-                   "window (see benchmarks/README.md for speed and quality).")
+                   "window (see benchmarks/README.md for speed and quality). Full-attention models only: "
+                   "local-attention models sample with a rolling cache and refuse it.")
 @click.option("--cfg-scale", type=float, default=1.0, show_default=True,
               help="Classifier-free guidance scale (models trained with label dropout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

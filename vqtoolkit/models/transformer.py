@@ -101,6 +101,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
+def feed_forward(n_embd: int, resid_pdrop: float) -> nn.Sequential:
+    """minGPT's MLP (`mlp.0`, `mlp.2` in checkpoints); the local transformer's blocks use it too."""
+    return nn.Sequential(
+        nn.Linear(n_embd, 4 * n_embd),
+        nn.GELU(),
+        nn.Linear(4 * n_embd, n_embd),
+        nn.Dropout(resid_pdrop),
+    )
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
@@ -109,12 +119,7 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(n_embd)
         self.ln2 = nn.LayerNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head, attn_pdrop, resid_pdrop)
-        self.mlp = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd),
-            nn.GELU(),
-            nn.Linear(4 * n_embd, n_embd),
-            nn.Dropout(resid_pdrop),
-        )
+        self.mlp = feed_forward(n_embd, resid_pdrop)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer)
@@ -134,10 +139,14 @@ class GPTConfig:
     embd_pdrop: float = 0.0  # dropout on token + position embeddings
     resid_pdrop: float = 0.0  # dropout on each block's attention and MLP outputs
     attn_pdrop: float = 0.0  # dropout on attention weights
+    attention: str = "full"  # "full": this module's GPT; "local": models/local_transformer.py's LocalGPT
+    neighbourhood: tuple[int, int] = (0, 0)  # local: (rows above, column span) each token attends to
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.attention not in ("full", "local"):
+            raise ValueError(f"GPTConfig: attention={self.attention!r} must be 'full' or 'local'")
 
 
 class GPT(nn.Module):

@@ -23,6 +23,7 @@ from ..data.tokens import TokenShards, fingerprint
 from ..errors import RecipeError
 from ..evaluation_stage2 import likelihood_figures
 from ..images import image_grid, save_png, to_uint8
+from ..models.local_transformer import LocalGPT, build_transformer
 from ..models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 from ..recipes import Recipe
 from ..stage1 import Stage1Model
@@ -95,13 +96,16 @@ def load_first_stage(recipe: Recipe, device: torch.device) -> Stage1Model:
     return first
 
 
-def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None, global_tokens: int = 1) -> GPT:
+def build_gpt(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None,
+              global_tokens: int = 1) -> GPT | LocalGPT:
     """The transformer for this recipe; `global_tokens`: how many tokens a global condition gives."""
     t = recipe.transformer
     vocab = max(first.n_codes, spec.vocab_size() if spec else 1)
     block = prefix_length(spec, t.window, global_tokens) + t.window * t.window  # one spare, as the reference
-    return GPT(GPTConfig(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop,
-                         t.attn_pdrop))
+    local = dict(attention="local", neighbourhood=tuple(t.neighbourhood)) if t.attention == "local" else {}
+    config = GPTConfig(vocab, block, t.n_layer, t.n_head, t.n_embd, t.embd_pdrop, t.resid_pdrop, t.attn_pdrop,
+                       **local)
+    return build_transformer(config, t.window, spec is not None and spec.grid_like)
 
 
 def _schedule(recipe: Recipe) -> Any:
@@ -117,7 +121,7 @@ def _schedule(recipe: Recipe) -> Any:
 # other keys (pkeep, weight_decay, warmup_steps, cosine_schedule, dropouts) only steer training; a
 # resumed optimizer keeps its saved weight_decay, though (torch restores param-group settings).
 ARCHITECTURE = ("transformer.first_stage", "transformer.n_layer", "transformer.n_head", "transformer.n_embd",
-                "transformer.window", "condition")
+                "transformer.window", "transformer.attention", "transformer.neighbourhood", "condition")
 
 
 def train_stage2(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,

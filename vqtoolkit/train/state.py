@@ -66,14 +66,14 @@ def same_architecture(state: dict[str, Any], recipe: Recipe, run: RunDir, keys: 
     Each of `keys` is a whole recipe section ("model") or one key of one ("transformer.n_layer"), so a
     section that mixes architecture with training settings can name only the former.
     """
-    now = recipe_to_dict(recipe)
+    now, defaults = recipe_to_dict(recipe), recipe_to_dict(type(recipe)())
     for key in keys:
         section, _, name = key.partition(".")
         before, after = state["recipe"].get(section), now[section]
         if section == "condition" and before:  # runs from before options were stored in full
             before = complete_table(before, f"the training state in {run.path}")
-        if name:
-            before, after = (before or {}).get(name), after[name]
+        if name:  # a key newer than the run (absent from its state) had its default there
+            before, after = (before or {}).get(name, defaults[section][name]), after[name]
         if before != after:
             raise VqtError(f"--resume: the recipe's [{section}] differs from the run in {run.path} "
                            f"(see {run.recipe}); resume with the same recipe or start a new --out")
