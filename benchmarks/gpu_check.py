@@ -14,8 +14,10 @@ without stopping the others:
   same code runs 2 gloo processes.
 - sampling: the paper's transformer (24 layers, 1024 wide, 16 heads, random weights, fp32) on a
   1024x576 image at f16 (36x64 codes, window 16x16, 256 condition tokens): the reference code's loop
-  (timed over its first tokens and extrapolated: each of its tokens costs the same forward) and
-  vqtoolkit's sliding window at strides 1, 4, 8, 16, each whole image timed, with peak memory.
+  (timed over its first tokens and extrapolated: each of its tokens costs the same forward),
+  vqtoolkit's sliding window at strides 1, 4, 8, 16 and the local transformer's rolling-cache sampler
+  (when this tree has it), each whole image timed, with peak memory; then the local sampler at
+  2048x2048 (128x128 codes), whose memory should grow with the width only.
 
 Time budget: `--budget` seconds (default 420) for everything, and a cap per process; a process still
 running at its cap is stopped and recorded as an error, and a section that finds no time left is
@@ -155,8 +157,9 @@ def stage1_run(s: Sizes, precision: str, device: str) -> dict:
 def stage1_section(s: Sizes, device: str, budget: Budget) -> dict:
     from vqtoolkit.train.runtime import cpu_has_bf16
 
-    result: dict = {"settings": {**s.vqgan, "image": s.image, "batch": s.batch, "steps": s.steps, "gan": "on from step 0",
-                                 "perceptual_weight": s.perceptual_weight, "compared": "nll_loss per step"}, "tolerance": {"max_rel_diff": STAGE1_RTOL}}
+    settings = {**s.vqgan, "image": s.image, "batch": s.batch, "steps": s.steps, "gan": "on from step 0",
+                "perceptual_weight": s.perceptual_weight, "compared": "nll_loss per step"}
+    result: dict = {"settings": settings, "tolerance": {"max_rel_diff": STAGE1_RTOL}}
     if device == "cpu" and not cpu_has_bf16():
         return {**result, "status": "skipped", "reason": "this CPU has no native bf16 arithmetic"}
     for precision in ("fp32", "bf16"):
@@ -339,7 +342,8 @@ SECTIONS = {"stage1_bf16_vs_fp32": stage1_section, "stage2_compile": stage2_sect
 def _machine(device: str) -> dict:
     info = {"torch": torch.__version__, "device": device, "python": sys.version.split()[0]}
     if device == "cuda":
-        info.update(cuda=torch.version.cuda, gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info.update(cuda=torch.version.cuda, gpus=gpus)
     return info
 
 
@@ -361,7 +365,8 @@ def main() -> int:
         return 2
     sizes = TINY if args.tiny else FULL
     budget, started = Budget(args.budget), time.monotonic()
-    report: dict = {"command": " ".join(["python"] + sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report: dict = {"command": " ".join(["python"] + sys.argv),
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "machine": _machine(args.device), "budget_s": args.budget, "sections": {}}
     for name, section in SECTIONS.items():
         try:

@@ -102,7 +102,8 @@ class Meter:
         seconds = time.perf_counter() - self.started
         if self.cuda:
             return {"seconds": round(seconds, 3), "peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-        return {"seconds": round(seconds, 3), "sampling_peak_rss_mb": round((_proc_status_kb("VmHWM") - self.rss) / 1024, 1)}
+        peak = (_proc_status_kb("VmHWM") - self.rss) / 1024
+        return {"seconds": round(seconds, 3), "sampling_peak_rss_mb": round(peak, 1)}
 
 
 def _proc_status_kb(key: str) -> int:
@@ -183,7 +184,8 @@ def local(setup: Setup) -> dict:
     gpt = LocalGPT(config, setup.window[0], grid_condition=True).to(setup.device).eval()
     cond = torch.randint(setup.vocab_size, (1, *setup.grid), generator=torch.Generator().manual_seed(1))
     cond = cond.to(setup.device)  # (1, H, W)
-    sample_local(gpt, cond[:, : setup.window[0], : setup.window[1]], setup.window)  # warm-up
+    warm = (min(setup.window[0], setup.grid[0]), min(setup.window[1], setup.grid[1]))
+    sample_local(gpt, cond[:, : warm[0], : warm[1]], warm)  # warm-up
     meter = Meter(setup.device)
     meter.start()
     sample_local(gpt, cond, setup.grid, generator=torch.Generator(setup.device).manual_seed(0))
