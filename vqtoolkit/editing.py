@@ -5,6 +5,9 @@ canvas around an image's codes), with the sliding-window sampler's windows.
 sees the condition tokens of its window and every code before it in the window's raster order, kept
 or already resampled. Kept codes after it (to its right, and in the rows below) shape it only
 through the condition; they cannot enter the context of a model that reads left to right.
+
+Local-attention models edit with their own sampler (`sampling_local.sample_local` with codes and a
+mask): every position is run in raster order, only the masked codes are drawn.
 """
 
 from __future__ import annotations

@@ -302,7 +302,8 @@ class Stage2Model:
         """Draw `n` images of size (height, width) pixels; returns images (n, C, H, W) in [-1, 1]
         and their codes (n, h, w). The same seed gives the same images. `window_stride` defaults to
         half the window (benchmarks/README.md: near stride 1's quality, 7.6x the reference's speed).
-        `cfg_scale` != 1 applies classifier-free guidance (conditions trained with a null token)."""
+        `cfg_scale` != 1 applies classifier-free guidance (conditions trained with a null token).
+        Local-attention models sample every size with their rolling cache and refuse `window_stride`."""
         grid = self.check_size(*size)
         stride = self._stride(window_stride)
         draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)

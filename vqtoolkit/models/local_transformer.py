@@ -111,6 +111,8 @@ class LocalGPT(nn.Module):
             self.global_pos = nn.Parameter(torch.zeros(self.n_prefix, C))  # order of the global tokens
         self.apply(GPT._init_weights)
         nn.init.normal_(self.row_start, std=0.02)
+        if grid_condition:
+            nn.init.normal_(self.cond_emb, std=0.02)
 
     configure_optimizer = GPT.configure_optimizer  # the same grouping: only Linear weights decay
 
@@ -146,9 +148,10 @@ class LocalGPT(nn.Module):
         allowed = image | grid | glob
         return torch.where(allowed, index, last), allowed
 
-    def bias(self, index: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Additive masks (L, nh, Q, K) for a `neighbourhood` result."""
-        bias = self.tables()[:, :, index]  # (L, nh, Q, K)
+    def bias(self, index: torch.Tensor, allowed: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Additive masks (L, nh, Q, K) for a `neighbourhood` result, or (nh, Q, K) of one layer."""
+        tables = self.tables() if layer is None else self.tables()[layer]
+        bias = tables[..., index]  # ([L,] nh, Q, K)
         return bias.masked_fill(~allowed, float("-inf")).to(self.tok_emb.weight.dtype)
 
     # ---- embeddings ---------------------------------------------------------------------------
