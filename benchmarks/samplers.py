@@ -101,7 +101,8 @@ class Meter:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - self.started
         if self.cuda:
-            return {"seconds": round(seconds, 3), "peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            return {"seconds": round(seconds, 3), "peak_allocated_mb": round(peak, 1)}
         peak = (_proc_status_kb("VmHWM") - self.rss) / 1024
         return {"seconds": round(seconds, 3), "sampling_peak_rss_mb": round(peak, 1)}
 
