@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/stage1.py
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/tokenize_speed.py
+
+# When a GPU is at hand (under 8 minutes on one): bf16 against fp32 stage-1 training, stage 2 under
+# torch.compile, NCCL DDP on every GPU, and sampling speed at the paper's size. Prints JSON and writes
+# it to runs/gpu-check.json; the figures go in benchmarks/README.md with the date.
+gpu-check: $(BIN)/.installed
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check.json --force
 
 clean:
 	rm -rf runs demo .pytest_cache
