@@ -180,3 +180,14 @@ def test_a_run_folder_from_before_sources_declared_their_keys_still_reads(tmp_pa
     assert folder.data.options.root == "imgs"
     with pytest.raises(RecipeError, match=r"data.n is a key of data source synthetic"):  # not its old default
         recipe_from_dict({"data": {**defaults, "source": "folder", "n": 30}})
+
+
+def test_set_data_source_drops_the_files_keys_of_its_source(tmp_path, caplog):
+    """--set data.source=folder on a synthetic recipe: its n and world meant the file's source, and the
+    command line cannot unset them, so they are dropped with a warning; keys given with --set are checked."""
+    path = write(tmp_path / "r.toml", "[data]\nsource = 'synthetic'\nn = 24\nworld = 'graded'\nsize = 16\n")
+    r = load_recipe(path, ["data.source='folder'", "data.root=imgs"])
+    assert (r.data.source, r.data.size, r.data.options.root) == ("folder", 16, "imgs")
+    assert "data.source = 'folder' (--set) has no key data.n, data.world; the recipe's values are ignored" in caplog.text
+    with pytest.raises(RecipeError, match=r"data.n is a key of data source synthetic, not of 'folder'"):
+        load_recipe(path, ["data.source='folder'", "data.n=3"])

@@ -20,7 +20,7 @@ from .config import (ConditionConfig, DataConfig, LossConfig, ModelConfig, Quant
                      TrainConfig, TransformerConfig)
 from .errors import RecipeError, did_you_mean
 from .schema import build_section, option_values
-from .source_options import data_values, parse_data
+from .source_options import data_values, drop_other_sources_keys, parse_data
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,8 +84,13 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
         raise RecipeError(f"recipe {path} cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"recipe {path} is not valid TOML: {e}") from None
+    data = tables.get("data")
+    file_source = data.get("source", DataConfig.source) if isinstance(data, dict) else DataConfig.source
+    set_in_data: set[str] = set()
     for text in overrides:
         section, key, value = parse_override(text)
+        if section == "data":
+            set_in_data.add(key.split(".")[0])
         table = tables.setdefault(section, {})
         if not isinstance(table, dict):
             raise RecipeError(f"--set {text!r}: '{section}' is not a section")
@@ -96,6 +101,9 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
                 raise RecipeError(f"--set {text!r}: '{section}.{key}' is not a table")
             key = inner
         table[key] = value
+    data = tables.get("data")
+    if isinstance(data, dict) and data.get("source", DataConfig.source) != file_source:
+        drop_other_sources_keys(data, set_in_data, str(path))  # --set data.source: the file's keys were its source's
     return recipe_from_dict(tables, where=str(path), path=str(path))
 
 

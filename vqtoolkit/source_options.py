@@ -13,13 +13,15 @@ old default: it meant nothing for that source then, and means nothing now.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from .config import DataConfig
+from .data.sources import SHARED_KEYS, DataSource
 from .errors import PluginError, RecipeError, did_you_mean
 from .schema import build_section, check_value, option_values
 
-from .data.sources import SHARED_KEYS, DataSource
+log = logging.getLogger(__name__)
 
 # The keys of the single [data] schema that held every source's keys, with their defaults (as TOML writes them).
 RETIRED_DEFAULTS: dict[str, Any] = {
@@ -54,6 +56,22 @@ def parse_data(table: dict[str, Any], where: str) -> DataConfig:
                               f"{', '.join(own) or 'none'}; every source's: {', '.join(SHARED_KEYS)})")
     parsed = build_section("data", source.Options, options, where)
     return dataclasses.replace(build_section("data", DataConfig, shared, where), options=parsed)
+
+
+def drop_other_sources_keys(table: dict[str, Any], set_keys: set[str], where: str) -> None:
+    """`--set data.source=...` chose another source than the recipe file's: drop the file's keys the
+    chosen source does not have (they were the file's source's; the command line cannot unset them),
+    with a warning naming them. Keys given with --set stay, and are checked as always."""
+    try:
+        own = {f.name for f in dataclasses.fields(_source(str(table["source"]), where).Options)}
+    except RecipeError:
+        return  # parse_data names the unknown source
+    dropped = [key for key in table if key not in own and key not in SHARED_KEYS and key not in set_keys]
+    for key in dropped:
+        del table[key]
+    if dropped:
+        log.warning("%s: data.source = %r (--set) has no key %s; the recipe's %s ignored", where, table["source"],
+                    ", ".join(f"data.{k}" for k in dropped), "value is" if len(dropped) == 1 else "values are")
 
 
 def data_source(data: DataConfig) -> tuple[DataSource, Any]:
