@@ -104,11 +104,17 @@ class Budget:
         return min(cap, left) if left > 10 else 0.0
 
 
-def _stage1_recipe(s: Sizes, precision: str, steps: int, device: str):
-    from vqtoolkit.recipes import DataConfig, LossConfig, ModelConfig, QuantizerConfig, Recipe, TrainConfig
+def _synthetic_data(parse_data, size: int, workers: int):
+    """64 synthetic scenes of `size` pixels, none held out: enough batches for a few timed steps."""
+    return parse_data({"source": "synthetic", "size": size, "n": 64, "val_n": 0, "num_workers": workers}, "gpu_check")
 
-    return Recipe(data=DataConfig(source="synthetic", size=s.image, n=64, val_n=0, num_workers=s.workers),
-                  model=ModelConfig(**s.vqgan), quantizer=QuantizerConfig(n_codes=s.n_codes),
+
+def _stage1_recipe(s: Sizes, precision: str, steps: int, device: str):
+    from vqtoolkit.recipes import LossConfig, ModelConfig, QuantizerConfig, Recipe, TrainConfig
+    from vqtoolkit.source_options import parse_data
+
+    return Recipe(data=_synthetic_data(parse_data, s.image, s.workers),
+                  model=ModelConfig(**s.vqgan), quantizer=QuantizerConfig(options={"n_codes": s.n_codes}),
                   loss=LossConfig(perceptual_backbone="random", perceptual_weight=s.perceptual_weight, disc_start=0,
                                     disc_ndf=s.disc_ndf),
                   train=TrainConfig(max_steps=steps, batch_size=s.batch, precision=precision, device=device,
@@ -186,8 +192,8 @@ def _verdict(result: dict, a: str, b: str, key: str, rtol: float) -> dict:
 
 def stage2_run(s: Sizes, compile_: bool, device: str) -> dict:
     from vqtoolkit.api import Stage1Model
-    from vqtoolkit.recipes import (DataConfig, ModelConfig, QuantizerConfig, Recipe, SampleConfig, TrainConfig,
-                                   TransformerConfig)
+    from vqtoolkit.recipes import ModelConfig, QuantizerConfig, Recipe, SampleConfig, TrainConfig, TransformerConfig
+    from vqtoolkit.source_options import parse_data
     from vqtoolkit.train.stage2 import train_stage2
 
     if compile_ and s.compile_backend != "inductor":
@@ -197,9 +203,8 @@ def stage2_run(s: Sizes, compile_: bool, device: str) -> dict:
     torch.manual_seed(0)
     steps = Steps()
     with tempfile.TemporaryDirectory() as out:
-        Stage1Model.build(model, QuantizerConfig(n_codes=s.n_codes)).save(f"{out}/first.safetensors")
-        recipe = Recipe(data=DataConfig(source="synthetic", size=s.window * model.factor, n=64, val_n=0,
-                                        num_workers=s.workers),
+        Stage1Model.build(model, QuantizerConfig(options={"n_codes": s.n_codes})).save(f"{out}/first.safetensors")
+        recipe = Recipe(data=_synthetic_data(parse_data, s.window * model.factor, s.workers),
                         transformer=TransformerConfig(first_stage=f"{out}/first.safetensors", window=s.window, **s.gpt),
                         train=TrainConfig(max_steps=s.steps, batch_size=s.batch, compile=compile_, device=device,
                                           checkpoint_every=10_000, sample_every=10_000, log_every=10_000),
