@@ -31,6 +31,9 @@ class DataConfig:
     val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
     val_images: str = ""  # paired: a held-out image tree, laid out like `images` (e.g. data/coco/val2017)
     val_paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its held-out tree ([data.val_paired])
+    urls: str = ""  # webdataset: training shards, paths or URLs with brace patterns ("shards/shard-{000000..000009}.tar"; several joined by "::")
+    val_urls: str = ""  # webdataset: held-out shards, same form (empty: none)
+    cache_dir: str = ""  # webdataset: where remote shards are copied once (empty: ~/.cache/vqtoolkit/shards)
     size: int = 256  # training crop size in pixels
     crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
     scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
@@ -60,6 +63,9 @@ class DataConfig:
         _check(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
                                         and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
                "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
+        for key in ("urls", "val_urls", "cache_dir"):
+            _check(not getattr(self, key) or self.source == "webdataset", f"data.{key}", getattr(self, key),
+                   'to be empty unless data.source = "webdataset" (it names shards)')
         for key in ("images", "paired", "val_images", "val_paired"):
             _check(not getattr(self, key) or self.source == "paired", f"data.{key}", getattr(self, key),
                    'to be empty unless data.source = "paired" (it names paired data trees)')

@@ -67,6 +67,12 @@ def _readable(path: PathLike, what: str) -> Path | io.BytesIO:
     return path
 
 
+def read_bytes(path: PathLike) -> bytes:
+    """A file's bytes (a NamedBytes' own), for files the readers here do not decode (e.g. keypoint JSON);
+    a missing file raises FileNotFoundError, as `Path.read_bytes` does."""
+    return path.data if isinstance(path, NamedBytes) else Path(path).read_bytes()
+
+
 def _open(path: PathLike, max_pixels: int) -> Image.Image:
     """Open, fully decode and EXIF-orient an image, turning every failure into an ImageError."""
     source = _readable(path, "image")
