@@ -164,3 +164,4 @@ def test_train_stage1_on_shards_through_the_cli_and_resume(shards, tmp_path):
     resumed = CliRunner().invoke(cli, ["train-stage1", str(recipe), "--out", str(run), "--resume", *common])
     assert resumed.exit_code == 0, resumed.output
     assert "finished at step 4" in resumed.output and "held-out: psnr" in resumed.output
+
