@@ -23,7 +23,7 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
+    source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic, webdataset (shards from `vqt shard`)
     root: str = ""  # folder of training images (recursive) for source = "folder"; paired: holds images/ and a folder per condition
     images: str = ""  # paired: the image tree itself (taming's layout, e.g. data/sflckr_images); empty: root/images
     paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its tree beside `images` ([data.paired])
@@ -35,7 +35,7 @@ class DataConfig:
     val_urls: str = ""  # webdataset: held-out shards, same form (empty: none)
     cache_dir: str = ""  # webdataset: where remote shards are copied once (empty: ~/.cache/vqtoolkit/shards)
     size: int = 256  # training crop size in pixels
-    crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
+    crop: Literal["resize", "native"] = "resize"  # folder/paired/webdataset: resize the smallest side to `size`, or crop at `scale`
     scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
     scene_size: tuple[int, ...] = ()  # synthetic: [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
     scene_scale: tuple[float, ...] = ()  # synthetic: [lo, hi], each crop's scene is scene_size times a log-uniform factor in it (empty: 1)
