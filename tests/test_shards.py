@@ -165,3 +165,32 @@ def test_train_stage1_on_shards_through_the_cli_and_resume(shards, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert "finished at step 4" in resumed.output and "held-out: psnr" in resumed.output
 
+
+
+def test_samples_must_carry_the_same_paired_files(tmp_path):
+    import io
+
+    import webdataset as wds
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
+    with open(tmp_path / "odd.tar", "wb") as f, wds.TarWriter(f, encoder=False) as tar:
+        tar.write({"__key__": "a", "png": png.getvalue(), "depth.png": png.getvalue()})
+        tar.write({"__key__": "b", "png": png.getvalue()})
+    with pytest.raises(DataError, match=r"odd.tar: sample 'b' has paired files none but 'a' has \['depth'\]"):
+        ShardDataset(str(tmp_path / "odd.tar"), 8)
+    with open(tmp_path / "bare.tar", "wb") as f, wds.TarWriter(f, encoder=False) as tar:
+        tar.write({"__key__": "c", "depth.png": png.getvalue()})
+    with pytest.raises(DataError, match=r"bare.tar: sample 'c' has no image"):
+        ShardDataset(str(tmp_path / "bare.tar"), 8)
+
+
+def test_few_shards_stay_open_and_items_stay_right(shards, monkeypatch):
+    import vqtoolkit_plugins.shards.reader as reader
+
+    folder, out = shards
+    monkeypatch.setattr(reader, "OPEN_SHARDS", 1)
+    data = ShardDataset(f"{out}/shard-{{000000..000002}}.tar", 16, train=False)
+    images = ImageFolder(folder, 16, train=False)
+    for i in (0, 6, 3, 0, 4):
+        assert torch.equal(data[i]["image"], images[i]["image"]) and len(data._files) == 1

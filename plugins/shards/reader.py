@@ -20,11 +20,13 @@ import os
 import re
 import shutil
 import tarfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -35,6 +37,7 @@ from vqtoolkit.images import DEFAULT_MAX_PIXELS, NamedBytes
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 LABEL_EXT = "cls"
+OPEN_SHARDS = 64
 INSTALL = "pip install 'vqtoolkit[webdataset]'"
 
 
@@ -135,6 +138,43 @@ def index_shard(path: Path, shard: int) -> list[Sample]:
     return list(samples.values())
 
 
+class SampleTable(Sequence):
+    """Where every sample's members sit, as arrays: about 100 bytes a sample instead of ~600 as Python
+    objects, which matters at millions of samples in every rank and forked worker. Items are `Sample`s,
+    built when asked."""
+
+    def __init__(self, shards: list[Path], what: str) -> None:
+        keys, shard_of, where, exts, names = [], [], [], [], {"": 0}
+        first: Sample | None = None
+        for i, path in enumerate(shards):
+            for sample in index_shard(path, i):
+                first = first or sample
+                if sorted(sample.paired) != sorted(first.paired):
+                    raise DataError(f"shard {path}: sample {sample.key!r} has paired files {sorted(sample.paired) or 'none'} "
+                                    f"but {first.key!r} has {sorted(first.paired) or 'none'}; every sample needs the "
+                                    "same ones")
+                members = [sample.image, *(sample.paired[m] for m in sorted(first.paired)), sample.label or ("", 0, -1)]
+                keys.append(sample.key)
+                shard_of.append(i)
+                where.append([(offset, size) for _, offset, size in members])
+                exts.append([names.setdefault(ext, len(names)) for ext, _, _ in members])
+        if first is None:
+            raise DataError(f"the shards of {what} hold no samples")
+        self.keys, self.modalities = keys, sorted(first.paired)
+        self.shard = np.asarray(shard_of, np.int32)
+        self.where = np.asarray(where, np.int64)  # (n, 1 + modalities + 1, 2): offset, size (-1: no label)
+        self.exts = np.asarray(exts, np.int16)
+        self.ext_names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, j: int) -> Sample:  # type: ignore[override]
+        members = [(self.ext_names[e], int(o), int(n)) for e, (o, n) in zip(self.exts[j], self.where[j])]
+        return Sample(int(self.shard[j]), self.keys[j], members[0], dict(zip(self.modalities, members[1:-1])),
+                      members[-1] if members[-1][2] >= 0 else None)
+
+
 class _Images(Sequence):
     """A dataset's images as `first_readable` wants them: item j read from its shard when asked."""
 
@@ -170,34 +210,37 @@ class ShardDataset(Dataset):
         if missing:
             raise DataError(f"{len(missing)} of the {len(self.shards)} shards of {key} do not exist (first: "
                             f"{missing[0]})")
-        self.samples = [s for i, path in enumerate(self.shards) for s in index_shard(path, i)]
-        if not self.samples:
-            raise DataError(f"the shards of {key} = {urls!r} hold no samples")
-        self.modalities = sorted(self.samples[0].paired)
-        for s in self.samples:
-            if sorted(s.paired) != self.modalities:
-                raise DataError(f"shard {self.shards[s.shard]}: sample {s.key!r} has paired files "
-                                f"{sorted(s.paired) or 'none'} but {self.samples[0].key!r} has "
-                                f"{self.modalities or 'none'}; every sample needs the same ones")
+        self.samples = SampleTable(self.shards, f"{key} = {urls!r}")
+        self.modalities = self.samples.modalities
         self._bad: dict[int, str] = {}
-        self._files: dict[int, int] = {}  # shard -> file descriptor, opened on first read in each process
+        self._files: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, the most recently read last
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}}  # descriptors do not travel to spawned workers
+        return {**self.__dict__, "_files": OrderedDict()}  # descriptors do not travel to spawned workers
+
+    def _descriptor(self, shard: int) -> int:
+        """An open descriptor of the shard; at most OPEN_SHARDS stay open per process (fewer than any
+        file limit), the least recently read closed first."""
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if len(self._files) >= OPEN_SHARDS:
+            os.close(self._files.popitem(last=False)[1])
+        try:
+            self._files[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        except OSError as e:
+            raise DataError(f"cannot read shard {self.shards[shard]}: {e.strerror or e}") from None
+        return self._files[shard]
 
     def member(self, sample: Sample, where: tuple[str, int, int]) -> NamedBytes:
-        """One member's bytes, named `shard.tar/key.ext` in errors."""
+        """One member's bytes, named `shard.tar/key.ext` in errors. `os.pread` reads at an offset without
+        moving a shared file position, so forked workers can share descriptors."""
         ext, offset, size = where
         path = self.shards[sample.shard]
-        if sample.shard not in self._files:
-            try:
-                self._files[sample.shard] = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise DataError(f"cannot read shard {path}: {e.strerror or e}") from None
-        data = os.pread(self._files[sample.shard], size, offset)
+        data = os.pread(self._descriptor(sample.shard), size, offset)
         if len(data) != size:
             raise DataError(f"shard {path} changed since it was indexed: {sample.key}.{ext} is cut short")
         return NamedBytes(f"{path}/{sample.key}.{ext}", data)

@@ -97,7 +97,7 @@ def write_shards(entries: list[Entry], out: str | Path, *, per_shard: int, force
         for number, chunk in enumerate(_chunks(entries, per_shard)):
             path = out / SHARD_NAME.format(number)
             with atomic_path(path, force=True) as tmp, open(tmp, "wb") as stream:
-                with wds.TarWriter(stream, encoder=False, mtime=0.0) as tar:
+                with wds.TarWriter(stream, encoder=False, mtime=0) as tar:
                     for entry in chunk:
                         sample: dict[str, object] = {"__key__": entry.key}
                         for ext, file in entry.files.items():
