@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import numpy as np
@@ -78,7 +79,9 @@ def test_paired_round_trip_with_depth_segmentation_pose_and_labels(paired_root, 
     data = ShardDataset(str(tmp_path / "s" / "shard-000000.tar"), 16, train=True)
     folder = PairedFolder(paired_root, 16, train=True)
     conditions = [cond(name) for name in ("depth", "segmentation", "pose", "edge")]
+    data = pickle.loads(pickle.dumps(data))  # as spawned workers receive it
     for x, y in same_items(data, folder, 2, True):
+        x = pickle.loads(pickle.dumps(x))  # as items come back from workers
         assert x["name"] == y["name"] and torch.equal(x["label"], y["label"])
         assert sorted(x["paired"]) == ["depth", "edge", "pose", "segmentation"]
         for condition, options in conditions:

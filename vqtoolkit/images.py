@@ -41,10 +41,8 @@ PathLike = str | os.PathLike[str]
 
 class NamedBytes(str):
     """A file's bytes held in memory (a member of a WebDataset shard), named by where they came from.
-
-    Every reader here accepts one wherever it accepts a path, so a file read from an archive gets the
-    same checks and errors as one on disk; being a str (its name), it prints and batches like a path.
-    """
+    Every reader here takes one for a path, so a file from an archive gets the checks and errors of one
+    on disk; being a str (its name), it prints and batches like a path."""
 
     data: bytes
 
@@ -68,8 +66,7 @@ def _readable(path: PathLike, what: str) -> Path | io.BytesIO:
 
 
 def read_bytes(path: PathLike) -> bytes:
-    """A file's bytes (a NamedBytes' own), for files the readers here do not decode (e.g. keypoint JSON);
-    a missing file raises FileNotFoundError, as `Path.read_bytes` does."""
+    """A file's bytes, or a NamedBytes' own: for files not decoded here (keypoint JSON). Raises as Path.read_bytes."""
     return path.data if isinstance(path, NamedBytes) else Path(path).read_bytes()
 
 
