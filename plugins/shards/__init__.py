@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class WebDatasetOptions:
     """The webdataset source's own keys in [data]."""
 
-    urls: str = ""  # training shards: paths or URLs with brace patterns, e.g. "shards/shard-{000000..000009}.tar"; several joined by "::"
+    urls: str = ""  # training shards: paths or URLs with brace patterns ("shards/shard-{000000..000009}.tar"; a::b)
     val_urls: str = ""  # held-out shards, same form (empty: none)
     cache_dir: str = ""  # where remote shards are copied once (empty: ~/.cache/vqtoolkit/shards)
     crop: Literal["resize", "native"] = "resize"  # resize the smallest side to data.size, or crop at `scale`

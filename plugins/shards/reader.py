@@ -76,7 +76,8 @@ def local_copy(url: str, cache_dir: str) -> Path:
     if scheme is None or scheme.group(1) == "file":
         return Path(re.sub(r"^file:(//)?", "", url))
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[-60:]
-    target = (Path(cache_dir) if cache_dir else default_cache()) / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{name}"
+    digest = hashlib.sha1(url.encode()).hexdigest()[:16]
+    target = (Path(cache_dir) if cache_dir else default_cache()) / f"{digest}-{name}"
     if not target.is_file():
         from webdataset.gopen import gopen
 
@@ -130,7 +131,11 @@ def index_shard(path: Path, shard: int) -> list[Sample]:
         elif ext == LABEL_EXT:
             sample.label = where
         elif "." in ext:
-            sample.paired[ext.split(".", 1)[0]] = where
+            modality = ext.split(".", 1)[0]
+            if modality in sample.paired:
+                raise DataError(f"shard {path}: sample {key!r} has two {modality} files "
+                                f"({sample.paired[modality][0]}, {ext}); keep one")
+            sample.paired[modality] = where
     for sample in samples.values():
         if sample.image is None:
             raise DataError(f"shard {path}: sample {sample.key!r} has no image (members named {sample.key}.png, "
@@ -149,11 +154,12 @@ class SampleTable(Sequence):
         for i, path in enumerate(shards):
             for sample in index_shard(path, i):
                 first = first or sample
-                if sorted(sample.paired) != sorted(first.paired):
-                    raise DataError(f"shard {path}: sample {sample.key!r} has paired files {sorted(sample.paired) or 'none'} "
-                                    f"but {first.key!r} has {sorted(first.paired) or 'none'}; every sample needs the "
-                                    "same ones")
-                members = [sample.image, *(sample.paired[m] for m in sorted(first.paired)), sample.label or ("", 0, -1)]
+                modalities = sorted(first.paired)
+                if sorted(sample.paired) != modalities:
+                    raise DataError(f"shard {path}: sample {sample.key!r} has paired files "
+                                    f"{sorted(sample.paired) or 'none'} but {first.key!r} has {modalities or 'none'}; "
+                                    "every sample needs the same ones")
+                members = [sample.image, *(sample.paired[m] for m in modalities), sample.label or ("", 0, -1)]
                 keys.append(sample.key)
                 shard_of.append(i)
                 where.append([(offset, size) for _, offset, size in members])
