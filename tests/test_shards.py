@@ -15,7 +15,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.data import ImageFolder, PairedFolder
 from vqtoolkit.errors import DataError, VqtError
 from vqtoolkit.plugins import get_data_source
-from vqtoolkit.recipes import DataConfig
+from vqtoolkit.recipes import recipe_from_dict
 from vqtoolkit_plugins.shards.reader import ShardDataset
 
 from .conftest import write
@@ -64,9 +64,9 @@ def same_items(a, b, n, train):
 @pytest.mark.parametrize("train", [True, False])
 def test_folder_round_trip_gives_the_folder_items(shards, train):
     folder, out = shards
-    config = DataConfig(source="webdataset", urls=f"{out}/shard-{{000000..000002}}.tar", size=16, num_workers=0)
-    source = get_data_source("webdataset")
-    data = source.dataset(config, channels=3, augment=train, seed=0)
+    config = recipe_from_dict({"data": {"source": "webdataset", "urls": f"{out}/shard-{{000000..000002}}.tar",
+                                        "size": 16}}).data
+    data = get_data_source("webdataset").dataset(config, config.options, channels=3, augment=train, seed=0)
     images = ImageFolder(folder, 16, train=train)
     assert len(data) == len(images) == 7
     for x, y in same_items(data, images, 7, train):

@@ -17,11 +17,12 @@ import click
 
 from vqtoolkit.data import DataSource
 from vqtoolkit.hookspecs import hookimpl
+from vqtoolkit.schema import check_value
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from vqtoolkit.recipes import DataConfig
+    from vqtoolkit.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,14 @@ class WebDatasetOptions:
     crop: Literal["resize", "native"] = "resize"  # resize the smallest side to data.size, or crop at `scale`
     scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
 
+    def __post_init__(self) -> None:
+        check_value(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
+        check_value(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
+                    '1 unless data.crop = "native" (it scales the images native crops are cut from)')
+
     @property
     def crop_scale(self) -> float | None:
         return self.scale if self.crop == "native" else None
-
-
-def _options(data: DataConfig) -> WebDatasetOptions:
-    """Until data sources declare their own options, the keys sit in DataConfig."""
-    return WebDatasetOptions(urls=data.urls, val_urls=data.val_urls, cache_dir=data.cache_dir, crop=data.crop,
-                             scale=data.scale)
 
 
 class WebDatasetSource(DataSource):
@@ -52,17 +52,16 @@ class WebDatasetSource(DataSource):
                    "pip install 'vqtoolkit[webdataset]'.")
     Options = WebDatasetOptions
 
-    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+    def dataset(self, data: DataConfig, options: WebDatasetOptions, *, channels: int, augment: bool,
+                seed: int) -> Dataset:
         from .reader import ShardDataset
 
-        options = _options(data)
         return ShardDataset(options.urls, data.size, cache_dir=options.cache_dir, channels=channels, train=augment,
                             strict=data.strict, scale=options.crop_scale)
 
-    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+    def held_out(self, data: DataConfig, options: WebDatasetOptions, *, channels: int, seed: int) -> Dataset | None:
         from .reader import ShardDataset
 
-        options = _options(data)
         if not options.val_urls:
             return None
         return ShardDataset(options.val_urls, data.size, key="data.val_urls", cache_dir=options.cache_dir,
