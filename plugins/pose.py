@@ -27,7 +27,7 @@ from vqtoolkit.conditions import Condition
 from vqtoolkit.data import crop_like
 from vqtoolkit.errors import ImageError
 from vqtoolkit.hookspecs import hookimpl
-from vqtoolkit.images import load_image, to_tensor, to_uint8
+from vqtoolkit.images import load_image, read_bytes, to_tensor, to_uint8
 from vqtoolkit_plugins.synthetic.render import COCO_SKELETON, flip_pose
 
 from ._common import check_channels, check_size, hue_colours, missing
@@ -79,7 +79,7 @@ def _person(value: Any, path: str) -> np.ndarray:
 def read_keypoints(path: str, size: tuple[int, int]) -> list[np.ndarray]:
     """The people of a keypoint .json, in pixels of an image of `size` (H, W)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_bytes(path).decode())
     except FileNotFoundError:
         raise ImageError(f"pose file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:

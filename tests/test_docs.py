@@ -146,7 +146,7 @@ def test_recipes_doc_lists_every_key_with_its_default(section):
         assert documented[key] == want, f"{section}.{key}: docs say {documented[key]}, config.py has {want}"
 
 
-BUILTIN_SOURCES = ("folder", "paired", "synthetic")
+BUILTIN_SOURCES = ("folder", "paired", "synthetic", "webdataset")
 
 
 def test_every_builtin_data_source_is_a_builtin():

@@ -124,7 +124,7 @@ def test_native_crop_options():
     for data, message in [
         ({"scale": 0.5}, r'data.scale = 0.5 is invalid: expected 1 unless data.crop = "native"'),
         ({"crop": "native", "scale": 0.0}, r"data.scale = 0.0 is invalid: expected a positive number"),
-        ({"source": "synthetic", "crop": "native"}, r'data.crop is a key of data source folder and paired, not of '
+        ({"source": "synthetic", "crop": "native"}, r'data.crop is a key of data source folder and paired and webdataset, not of '
                                                     r"'synthetic'"),
         ({"source": "folder", "scene_size": [512, 512]}, r'data.scene_size is a key of data source synthetic, not '
                                                          r"of 'folder' \(data.source = \"folder\"\)"),

@@ -22,7 +22,7 @@ class DataConfig:
     """The keys every data source shares. A source's own keys (folder: root, val_root, crop, ...;
     synthetic: n, scene_size, ...) sit beside these in [data] and are checked by its `Options`."""
 
-    source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
+    source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic, webdataset (shards from `vqt shard`)
     size: int = 256  # training crop size in pixels
     num_workers: int = 2  # DataLoader worker processes
     strict: bool = False  # fail on the first unreadable image instead of skipping and counting it

@@ -8,6 +8,7 @@ half-written PNG or codes file, and they refuse to overwrite unless asked (`--fo
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -38,18 +39,47 @@ PathLike = str | os.PathLike[str]
 # Reading
 
 
-def _open(path: PathLike, max_pixels: int) -> Image.Image:
-    """Open, fully decode and EXIF-orient an image, turning every failure into an ImageError."""
+class NamedBytes(str):
+    """A file's bytes held in memory (a member of a WebDataset shard), named by where they came from.
+    Every reader here takes one for a path, so a file from an archive gets the checks and errors of one
+    on disk; being a str (its name), it prints and batches like a path."""
+
+    data: bytes
+
+    def __new__(cls, name: str, data: bytes) -> NamedBytes:
+        self = super().__new__(cls, name)
+        self.data = data
+        return self
+
+    def __reduce__(self) -> tuple[type, tuple[str, bytes]]:
+        return NamedBytes, (str(self), self.data)
+
+
+def _readable(path: PathLike, what: str) -> Path | io.BytesIO:
+    """What to hand a decoder: the bytes of a NamedBytes, or the path of an existing file."""
+    if isinstance(path, NamedBytes):
+        return io.BytesIO(path.data)
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ImageError(f"image {path} {what}")
+        raise ImageError(f"{what} {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+    return path
+
+
+def read_bytes(path: PathLike) -> bytes:
+    """A file's bytes, or a NamedBytes' own: for files not decoded here (keypoint JSON). Raises as Path.read_bytes."""
+    return path.data if isinstance(path, NamedBytes) else Path(path).read_bytes()
+
+
+def _open(path: PathLike, max_pixels: int) -> Image.Image:
+    """Open, fully decode and EXIF-orient an image, turning every failure into an ImageError."""
+    source = _readable(path, "image")
+    path = Path(path)
     try:
         # Our own `max_pixels` check below is authoritative, so Pillow's soft warning is noise;
         # its hard error (2x Pillow's global limit) still fires and is converted below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
         with img:
             w, h = img.size
             if w * h > max_pixels:
@@ -128,17 +158,18 @@ def load_image(path: PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_
     return np.array(convert_channels(arr, channels))  # writable: Pillow's arrays are read-only
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: PathLike) -> np.ndarray:
     """np.load without pickles; non-.npy content becomes an ImageError naming the file."""
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ImageError(f"array file {path} {what}")
-    with open(path, "rb") as f:
-        magic = f.read(6)
+    source = _readable(path, "array file")
+    if isinstance(source, io.BytesIO):
+        magic = source.getvalue()[:6]
+    else:
+        with open(source, "rb") as f:
+            magic = f.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):  # .npy header or .npz (zip)
         raise ImageError(f"{path} is not a valid .npy file (no NumPy header); save arrays with np.save")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(source, allow_pickle=False)
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise ImageError(f"{path} holds Python objects (pickled data), which are never loaded") from e
@@ -169,8 +200,7 @@ def load_array(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     Depth maps lose their meaning at 8 bits, so values are returned as stored (no rescaling);
     non-finite values are rejected because they would silently poison normalisation.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
+    if Path(path).suffix.lower() == ".npy":
         arr = load_npy(path)
         if arr.dtype.kind not in "iufb":
             raise ImageError(f"array {path} has dtype {arr.dtype}; expected numbers")
@@ -193,7 +223,7 @@ def image_mode(path: PathLike) -> str | None:
     """The Pillow mode of an image file (e.g. "RGBA"), from its header alone; None when it is not an
     image Pillow knows (e.g. .npy) or cannot be opened: the loaders then say why."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, NamedBytes) else path) as img:
             return img.mode
     except (OSError, ValueError, SyntaxError, EOFError):
         return None
@@ -210,8 +240,7 @@ def load_rgba(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 def load_label_map(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a label map as int64 (H, W): palette indices or grey values, never colour-converted."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
+    if Path(path).suffix.lower() == ".npy":
         arr = load_npy(path)
         if arr.dtype.kind not in "iu":
             raise ImageError(f"label map {path} has dtype {arr.dtype}; expected integers")

@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"DataSource": "sources", "DataSourceRegistry": "sources", "ImageFolder": "folders",
-            "PairedFolder": "paired", "crop_like": "folders", "paired_array": "folders"}
+            "PairedFolder": "paired", "crop_like": "folders", "paired_array": "folders",
+            "first_readable": "folders", "square_crop": "folders", "paired_crop": "paired"}
 __all__ = list(_EXPORTS)
 
 

@@ -165,19 +165,23 @@ class ImageFolder(Dataset):
         line = f"{len(self)} images from {self.origin}; {len(self._bad)} skipped as unreadable"
         return line + "".join(f"\n  {p}: {r}" for p, r in self.skipped[:5])
 
-    def _crop(self, arr: np.ndarray) -> np.ndarray:
-        """Resize (the smallest side to `size`, or by `scale`), then crop (and flip) to size x size."""
-        box = _crop_box(*arr.shape[:2], self.size, self.train, self.scale)
-        h, w, nh, nw, top, left, flip, _ = (int(v) for v in box)
-        if (nh, nw) != (h, w):
-            img = Image.fromarray(arr[:, :, 0] if self.channels == 1 else arr)
-            arr = convert_channels(np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC)), self.channels)
-        arr = arr[top : top + self.size, left : left + self.size]
-        return arr[:, ::-1] if flip else arr  # (size, size, C)
-
     def __getitem__(self, i: int) -> dict[str, object]:
         j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
-        return {"image": to_tensor(self._crop(arr)), "name": self.names[j], "skipped": skipped}
+        return {"image": square_crop(arr, self.size, train=self.train, scale=self.scale), "name": self.names[j],
+                "skipped": skipped}
+
+
+def square_crop(arr: np.ndarray, size: int, *, train: bool, scale: float | None) -> torch.Tensor:
+    """An image folder's item image: uint8 (H, W, C) resized (the smallest side to `size`, or by
+    `scale`), then cut to size x size (a random crop and flip when `train`, else the centre), in [-1, 1]."""
+    box = _crop_box(*arr.shape[:2], size, train, scale)
+    h, w, nh, nw, top, left, flip, _ = (int(v) for v in box)
+    if (nh, nw) != (h, w):
+        channels = arr.shape[2]
+        img = Image.fromarray(arr[:, :, 0] if channels == 1 else arr)
+        arr = convert_channels(np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC)), channels)
+    arr = arr[top : top + size, left : left + size]
+    return to_tensor(arr[:, ::-1] if flip else arr)  # (C, size, size)
 
 
 def _check_scale(scale: float | None) -> None:

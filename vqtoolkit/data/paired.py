@@ -132,15 +132,23 @@ class PairedFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, object]:
         j, arr, skipped = first_readable(self.paths, i, self._bad, self.channels, self.max_pixels, self.strict)
-        crop = _crop_box(arr.shape[0], arr.shape[1], self.size, self.train, self.scale)
-        image = crop_like(arr, crop, mode="bicubic", what=str(self.paths[j]))  # (size, size, C) float
+        image, crop = paired_crop(arr, self.size, train=self.train, scale=self.scale, what=str(self.paths[j]))
         item: dict[str, object] = {
-            "image": to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)),
+            "image": image,
             "name": self.names[j],
-            "crop": crop,  # (8,) int64, see _crop_box
+            "crop": crop,
             "paired": {name: files[j] for name, files in self.paired.items()},
             "skipped": skipped,
         }
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[j])
         return item
+
+
+def paired_crop(arr: np.ndarray, size: int, *, train: bool, scale: float | None,
+                what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A paired item's image (as `square_crop` cuts it, but with `crop_like`) and its `crop`: (8,) int64
+    numbers (see `_crop_box`) with which the item's paired files are cut the same way."""
+    crop = _crop_box(arr.shape[0], arr.shape[1], size, train, scale)
+    image = crop_like(arr, crop, mode="bicubic", what=what)  # (size, size, C) float
+    return to_tensor(np.clip(np.round(image), 0, 255).astype(np.uint8)), crop
