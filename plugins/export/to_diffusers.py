@@ -73,7 +73,8 @@ def _attention_levels(model: Stage1Model) -> list[bool]:
 
 def diffusers_config(model: Stage1Model) -> dict[str, Any]:
     """The VQModel `config.json` of this VQGAN."""
-    cfg, q = model.model_config, model.quantizer_config
+    cfg, quantizer = model.model_config, model.vqgan.quantize
+    n_codes, lookup_dim = quantizer.embedding.weight.shape  # codebook_dim, or embed_dim without one
     attention = _attention_levels(model)
     return {
         "_class_name": "VQModel",
@@ -86,9 +87,9 @@ def diffusers_config(model: Stage1Model) -> dict[str, Any]:
         "act_fn": "silu",
         "latent_channels": cfg.z_channels,
         "sample_size": cfg.resolution,
-        "num_vq_embeddings": q.n_codes,
+        "num_vq_embeddings": n_codes,
         "norm_num_groups": cfg.norm_groups,
-        "vq_embed_dim": q.codebook_dim or q.embed_dim,
+        "vq_embed_dim": lookup_dim,
         "scaling_factor": 1.0,  # latents as the VQGAN makes them; nothing measured their spread
         "norm_type": "group",
         "mid_block_add_attention": True,
