@@ -67,6 +67,24 @@ def install_plugin(tmp_path, monkeypatch):
     forget_plugin_modules()
 
 
+def install_example(example: Path, site: Path, monkeypatch) -> dict:
+    """Install a package of examples/ as pip would leave it: its folder on sys.path, and a dist-info
+    whose entry_points.txt is written from the example's own pyproject.toml (so a broken entry point
+    fails the test). Returns the pyproject's [project] table."""
+    import tomllib  # Python 3.11+; the tests that install examples need it, the others do not
+
+    project = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    entry_points = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["vqtoolkit"].items())
+    (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{entry_points}")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(example))
+    plugins.reset()
+    return project
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))

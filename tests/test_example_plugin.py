@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vqtoolkit import plugins
 from vqtoolkit.cli import cli
 from vqtoolkit_plugins.synthetic.render import render_scene
 
+from .conftest import install_example
 from .test_modalities_e2e import TINY, TINY_GPT, sets, vqt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,17 +28,7 @@ EXAMPLE = ROOT / "examples" / "vqt-normals"
 
 @pytest.fixture
 def normals_installed(tmp_path, monkeypatch):
-    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
-    site = tmp_path / "site"
-    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    entry_points = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["vqtoolkit"].items())
-    (dist / "entry_points.txt").write_text(f"[vqtoolkit]\n{entry_points}")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(EXAMPLE))
-    plugins.reset()
-    yield project
+    yield install_example(EXAMPLE, tmp_path / "site", monkeypatch)
     sys.modules.pop("vqt_normals", None)
 
 
