@@ -107,11 +107,13 @@ def reference_step(ch: int, steps: int) -> dict:
 
 def our_step(ch: int, steps: int, precision: str) -> dict:
     """vqtoolkit's training loop, timed between progress callbacks after a warm-up step."""
-    from vqtoolkit.recipes import DataConfig, Recipe, TrainConfig
+    from vqtoolkit.recipes import DataConfig, Recipe, TrainConfig, section_from_dict
     from vqtoolkit.train.stage1 import train_stage1
 
     model_cfg, q_cfg, loss_cfg = _configs(ch)
-    recipe = Recipe(data=DataConfig(source="synthetic", size=128, n=64, val_n=0, num_workers=1),
+    data = section_from_dict(DataConfig, {"source": "synthetic", "size": 128, "n": 64, "val_n": 0, "num_workers": 1},
+                             "benchmark")
+    recipe = Recipe(data=data,
                     model=model_cfg, quantizer=q_cfg, loss=loss_cfg,
                     train=TrainConfig(max_steps=steps + 1, batch_size=2, base_learning_rate=1e-6,
                                       precision=precision, checkpoint_every=10_000, sample_every=10_000,

@@ -40,10 +40,11 @@ def _write_inputs(folder: Path, n: int, ch: int) -> None:
 
 
 def tokenize_run(folder: str, workers: int) -> dict:
-    from vqtoolkit.recipes import DataConfig, Recipe
+    from vqtoolkit.recipes import recipe_from_dict
     from vqtoolkit.train.tokenize import tokenize_recipe
 
-    recipe = Recipe(data=DataConfig(source="folder", root=f"{folder}/images", size=256, num_workers=workers))
+    recipe = recipe_from_dict({"data": {"source": "folder", "root": f"{folder}/images", "size": 256,
+                                        "num_workers": workers}})
     out = Path(folder) / f"tokens-{workers}"
     start = time.perf_counter()
     manifest = tokenize_recipe(recipe, out, model_path=f"{folder}/stage1.safetensors", batch_size=BATCH)

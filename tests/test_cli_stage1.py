@@ -107,6 +107,23 @@ def test_eval_recipe_on_crops_of_graded_scenes(bundle, tmp_path):
     assert figures["psnr"] == pytest.approx(evaluate(Stage1Model.load(bundle), crops, 8)["psnr"])
 
 
+def test_eval_n_counts_generated_items_only(bundle, tmp_path):
+    """--n sets a source's val_n: a recipe of files has none, and says so instead of ignoring it."""
+    folder = tmp_path / "held"
+    folder.mkdir()
+    for k in range(2):
+        image(folder / f"{k}.png", size=(32, 32))
+    recipe = tmp_path / "files.toml"
+    recipe.write_text(f'[data]\nsource = "folder"\nval_root = "{folder}"\n')
+    result = CliRunner().invoke(cli, ["eval", str(recipe), "--model", str(bundle), "--n", "3", "--size", "32",
+                                      "--grid", str(tmp_path / "g.png")])
+    assert result.exit_code == 1
+    assert f"--n 3: data source 'folder' of {recipe} has no data.val_n" in result.output, result.output
+    result = CliRunner().invoke(cli, ["eval", str(recipe), "--model", str(bundle), "--size", "32", "--json",
+                                      "--grid", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+
+
 def test_errors_are_one_line_and_debug_shows_traceback(tmp_path):
     missing = str(tmp_path / "missing.safetensors")
     result = CliRunner().invoke(cli, ["eval", "synthetic", "--model", missing])

@@ -9,10 +9,16 @@ from torch.utils.data import DataLoader
 from vqtoolkit.data import ImageFolder
 from vqtoolkit.errors import DataError, ImageError, PluginError
 from vqtoolkit.plugins import get_data_source
-from vqtoolkit.recipes import DataConfig
+from vqtoolkit.recipes import recipe_from_dict
 from vqtoolkit.images import to_tensor
 from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 from vqtoolkit_plugins.synthetic.render import PERSON, flip_pose, render_scene
+
+
+def data_of(**table):
+    """A [data] table as (DataConfig, its source's options): what DataSource methods take."""
+    data = recipe_from_dict({"data": table}).data
+    return data, data.options
 
 
 def _img(path, mode="RGB", size=(40, 30), colour=(200, 10, 10)):
@@ -190,9 +196,9 @@ def test_synthetic_batches_collate():
 
 
 def test_data_sources_build_their_datasets(tree):
-    folder = get_data_source("folder").dataset(DataConfig(root=str(tree), size=8), channels=3, augment=True, seed=0)
+    folder = get_data_source("folder").dataset(*data_of(root=str(tree), size=8), channels=3, augment=True, seed=0)
     assert isinstance(folder, ImageFolder)
-    synth = get_data_source("synthetic").dataset(DataConfig(source="synthetic", size=8, n=3), channels=3,
+    synth = get_data_source("synthetic").dataset(*data_of(source="synthetic", size=8, n=3), channels=3,
                                                  augment=True, seed=2)
     assert isinstance(synth, SyntheticScenes) and len(synth) == 3
     with pytest.raises(PluginError, match=r"unknown data source 'synthetc'; did you mean 'synthetic'\?"):
@@ -239,7 +245,7 @@ def test_synthetic_train_crops_follow_seed_and_epoch():
 
 def test_synthetic_scene_scale_crops_scenes_of_drawn_sizes():
     """data.scene_scale: each crop's scene is scene_size times a factor in [lo, hi], at least the crop."""
-    ds = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=(0.5, 1.0))
+    ds = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=[0.5, 1.0])
     sizes = []
     for k in range(6):
         image = ds[k]["image"].permute(1, 2, 0)
@@ -255,7 +261,7 @@ def test_synthetic_scene_scale_crops_scenes_of_drawn_sizes():
         assert found is not None, "each item is a native crop of its scene at some drawn size"
         sizes.append(found)
     assert len(set(sizes)) > 1 and min(sizes) < 72  # the scale varies, and goes below scene_size
-    again = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=(0.5, 1.0))
+    again = SyntheticScenes(6, 32, seed=2, train=False, scene_size=(72, 128), scene_scale=[0.5, 1.0])
     assert all(torch.equal(ds[k]["image"], again[k]["image"]) for k in range(6))  # held out: fixed
     with pytest.raises(DataError, match="scene scale"):
         SyntheticScenes(2, 32, scene_size=(72, 128), scene_scale=(0.5, 2.0))
@@ -268,11 +274,11 @@ def test_synthetic_whole_scene_depth_range_is_the_maps():
 
 
 def test_synthetic_source_passes_scene_size_and_world():
-    data = DataConfig(source="synthetic", size=32, n=2, val_n=3, scene_size=(128, 72), world="graded",
-                      scene_scale=(0.5, 1.0))
+    data = data_of(source="synthetic", size=32, n=2, val_n=3, scene_size=[128, 72], world="graded",
+                      scene_scale=[0.5, 1.0])
     source = get_data_source("synthetic")
-    train = source.dataset(data, channels=3, augment=True, seed=1)
-    held = source.held_out(data, channels=3, seed=5)
+    train = source.dataset(*data, channels=3, augment=True, seed=1)
+    held = source.held_out(*data, channels=3, seed=5)
     assert train.scene_size == held.scene_size == (72, 128) and train.world == held.world == "graded"
     assert train.scene_scale == held.scene_scale == (0.5, 1.0)
     assert len(held) == 3 and not held.train
@@ -298,11 +304,11 @@ def test_native_crops_are_not_resized(tmp_path):
     assert small.shape == (3, 16, 16)
     with pytest.raises(DataError, match="scale must be a positive number"):
         ImageFolder(tmp_path, 8, scale=0.0)
-    native = DataConfig(root=str(tmp_path), size=10, crop="native", val_root=str(tmp_path))
+    native = data_of(root=str(tmp_path), size=10, crop="native", val_root=str(tmp_path))
     folder = get_data_source("folder")
-    assert folder.dataset(native, channels=3, augment=True, seed=0).scale == 1.0
-    assert torch.equal(folder.held_out(native, channels=3, seed=0)[0]["image"], item["image"])
-    assert folder.dataset(DataConfig(root=str(tmp_path), size=10), channels=3, augment=True, seed=0).scale is None
+    assert folder.dataset(*native, channels=3, augment=True, seed=0).scale == 1.0
+    assert torch.equal(folder.held_out(*native, channels=3, seed=0)[0]["image"], item["image"])
+    assert folder.dataset(*data_of(root=str(tmp_path), size=10), channels=3, augment=True, seed=0).scale is None
 
 
 def test_synthetic_world():
@@ -311,7 +317,7 @@ def test_synthetic_world():
     crop = SyntheticScenes(2, 32, seed=1, train=False, scene_size=(72, 128), world="graded")[0]
     plain = SyntheticScenes(2, 32, seed=1, train=False, scene_size=(72, 128))[0]
     np.testing.assert_array_equal(crop["paired"]["depth"], plain["paired"]["depth"])
-    data = DataConfig(source="synthetic", size=8, n=2, world="graded")
-    assert get_data_source("synthetic").dataset(data, channels=3, augment=True, seed=0).world == "graded"
+    data = data_of(source="synthetic", size=8, n=2, world="graded")
+    assert get_data_source("synthetic").dataset(*data, channels=3, augment=True, seed=0).world == "graded"
     with pytest.raises(DataError, match="world must be one of random, graded"):
         SyntheticScenes(2, 16, world="photo")

@@ -68,11 +68,21 @@ def test_the_data_source_example_trains(install_plugin, tmp_path):
     listing = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
     assert listing["data_sources"]["stripes"]["plugin"] == "stripes"
     recipe = tmp_path / "stripes.toml"
-    recipe.write_text(TINY_STAGE1.replace('source = "synthetic"', 'source = "stripes"'))
-    result = CliRunner().invoke(cli, ["train-stage1", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    recipe.write_text(TINY_STAGE1.replace('source = "synthetic"', 'source = "stripes"\nperiods = 3'))
+    result = CliRunner().invoke(cli, ["train-stage1", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+                                      "--set", "data.val_n=3"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "last.safetensors").is_file()
     assert "psnr" in result.output  # the held-out set came from the source
+    stored = (tmp_path / "run" / "recipe.toml").read_text()
+    assert "n = 24\nval_n = 3\nperiods = 3\n" in stored  # the source's options, in full
+    for args, message in [(["--set", "data.period=2"], "unknown key 'data.period' for data source 'stripes'; did "
+                                                       "you mean 'periods'?"),
+                          (["--set", "data.periods=0"], "data.periods = 0 is invalid: expected an integer >= 1"),
+                          (["--set", "data.world='graded'"], "data.world is a key of data source synthetic, not of "
+                                                             "'stripes'")]:
+        bad = CliRunner().invoke(cli, ["train-stage1", str(recipe), "--out", str(tmp_path / "bad"), *args])
+        assert bad.exit_code == 1 and message in bad.output, bad.output
 
 
 def test_hook_examples_are_valid_python():
@@ -116,3 +126,27 @@ def test_recipes_doc_lists_every_key_with_its_default(section):
     for key, value in defaults.items():
         want = _toml_value(list(value) if isinstance(value, tuple) else value)
         assert documented[key] == want, f"{section}.{key}: docs say {documented[key]}, config.py has {want}"
+
+
+BUILTIN_SOURCES = ("folder", "paired", "synthetic")
+
+
+def test_every_builtin_data_source_is_a_builtin():
+    assert {n for n, r in plugins.get_plugin_manager().data_sources().items()
+            if plugins.get_plugin_manager().info(r.plugin).source == "built-in"} == set(BUILTIN_SOURCES)
+
+
+@pytest.mark.parametrize("name", BUILTIN_SOURCES)
+def test_recipes_doc_lists_every_key_of_each_data_source_with_its_default(name):
+    """docs/recipes.md has a table per built-in data source holding exactly its Options, with their defaults."""
+    from vqtoolkit.recipes import _toml_value
+    from vqtoolkit.schema import option_values
+
+    heading = f'\n#### source = "{name}"\n'
+    assert heading in RECIPES_DOC, f"docs/recipes.md lacks a '#### source = \"{name}\"' table under [data]"
+    table = RECIPES_DOC.split(heading, 1)[1].split("\n#", 1)[0]
+    documented = dict(re.findall(r"^\| `(\w+)` \| `(.*?)` \|", table, flags=re.M))
+    defaults = option_values(plugins.get_data_source(name).Options())
+    assert set(documented) == set(defaults), f"data source {name}: documented keys differ from its Options"
+    for key, value in defaults.items():
+        assert documented[key] == _toml_value(value), f"data.{key} of {name}: docs say {documented[key]}"

@@ -163,3 +163,38 @@ def test_two_distributions_with_one_plugin_name_are_reported(install_plugin):
     clashes = [p for p in manager.plugins if p.name == "depth" and p.error]
     assert len(clashes) == 1 and "already taken by built-in" in clashes[0].error
     assert "depth" in plugins.registered()
+
+
+SOURCE = """
+from dataclasses import dataclass
+
+from vqtoolkit.data import DataSource
+from vqtoolkit.hookspecs import hookimpl
+
+
+@dataclass(frozen=True)
+class Options:
+    FIELD
+
+
+class Waves(DataSource):
+    name = "waves"
+    Options = Options
+
+
+@hookimpl
+def vqt_register_data_sources(registry):
+    registry.register(Waves())
+"""
+
+
+@pytest.mark.parametrize("field, error", [
+    ("length: int", "data source 'waves' from plugin waves: option 'length' of Options has no default; every data "
+                    "source option needs one"),
+    ("size: int = 8", "data source 'waves' from plugin waves: option size of Options is a key every data source "
+                      "shares ([data] source, size, num_workers, strict, tokens); give it another name"),
+], ids=["no-default", "shared-key"])
+def test_a_data_source_with_bad_options_is_skipped(install_plugin, field, error):
+    install_plugin("waves", SOURCE.replace("FIELD", field))
+    assert "waves" not in plugins.get_plugin_manager().data_sources()
+    assert error in plugins.get_plugin_manager().info("waves").error

@@ -24,7 +24,7 @@ def test_load_with_overrides(tmp_path):
     """)
     r = load_recipe(path, ["train.batch_size=8", "data.root=/some/where", "model.dropout=0.1"])
     assert r.train.batch_size == 8
-    assert r.data.root == "/some/where"
+    assert r.data.options.root == "/some/where"
     assert r.model.ch_mult == (1, 2) and r.model.dropout == 0.1
     assert r.stem == "r"
 
@@ -117,20 +117,66 @@ def test_schedule_and_loss_keys_default_off():
 
 def test_native_crop_options():
     r = recipe_from_dict({"data": {"source": "synthetic", "size": 64, "scene_size": [1024, 576]}})
-    assert r.data.scene_hw == (576, 1024) and r.data.crop_scale is None
+    assert r.data.options.scene_hw == (576, 1024)
     r = recipe_from_dict({"data": {"source": "paired", "crop": "native", "scale": 0.5}})
-    assert r.data.crop_scale == 0.5 and r.data.scene_hw is None
-    assert recipe_from_dict({}).data.crop_scale is None
+    assert r.data.options.crop_scale == 0.5
+    assert recipe_from_dict({}).data.options.crop_scale is None
     for data, message in [
         ({"scale": 0.5}, r'data.scale = 0.5 is invalid: expected 1 unless data.crop = "native"'),
         ({"crop": "native", "scale": 0.0}, r"data.scale = 0.0 is invalid: expected a positive number"),
-        ({"source": "synthetic", "crop": "native"}, r"set data.scene_size"),
-        ({"source": "folder", "scene_size": [512, 512]}, r'with data.source = "synthetic"'),
+        ({"source": "synthetic", "crop": "native"}, r'data.crop is a key of data source folder and paired, not of '
+                                                    r"'synthetic'"),
+        ({"source": "folder", "scene_size": [512, 512]}, r'data.scene_size is a key of data source synthetic, not '
+                                                         r"of 'folder' \(data.source = \"folder\"\)"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024]}, r"expected \[width, height\]"),
-        ({"source": "synthetic", "size": 64, "scene_size": [1024, 32]}, r"each >= data.size \(64\)"),
         ({"source": "synthetic", "size": 64, "scene_scale": [0.5, 1]}, r"with data.scene_size set"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024, 576], "scene_scale": [0.5, 2]},
          r"data.scene_scale = \[0.5, 2.0\] is invalid: expected \[lo, hi\] with 0 < lo <= hi <= 1"),
+        ({"source": "folder", "images": "x"}, r"data.images is a key of data source paired"),
+        ({"source": "paired", "val_root": "v", "val_images": "w"}, r"data.val_images = 'w' is invalid"),
     ]:
         with pytest.raises(RecipeError, match=message):
             recipe_from_dict({"data": data})
+
+
+def test_a_scene_smaller_than_the_crops_is_refused_when_the_data_is_built():
+    from vqtoolkit.data.recipe import training_dataset
+
+    recipe = recipe_from_dict({"data": {"source": "synthetic", "size": 64, "scene_size": [1024, 32]}})
+    with pytest.raises(RecipeError, match=r"data.scene_size = \[1024, 32\] is invalid: .*each >= data.size \(64\)"):
+        training_dataset(recipe, 3)
+
+
+def test_each_source_checks_its_own_keys(tmp_path):
+    with pytest.raises(RecipeError, match=r"r.toml: unknown key 'data.nn' for data source 'synthetic'; did you mean "
+                                          r"'n'\? \(its keys: n, val_n, scene_size, scene_scale, world; every "
+                                          r"source's: source, size, num_workers, strict, tokens\)"):
+        load_recipe(write(tmp_path / "r.toml", "[data]\nsource = 'synthetic'\nnn = 3\n"))
+    with pytest.raises(RecipeError, match=r"data.n = 'many' has the wrong type: expected an integer"):
+        recipe_from_dict({"data": {"source": "synthetic", "n": "many"}})
+    with pytest.raises(RecipeError, match=r"data.source = 'synthetc': unknown data source 'synthetc'; did you mean "
+                                          r"'synthetic'\?"):
+        recipe_from_dict({"data": {"source": "synthetc"}})
+
+
+def test_options_are_stored_in_full_and_set_from_the_command_line(tmp_path):
+    path = write(tmp_path / "r.toml", "[data]\nsource = 'paired'\nimages = 'img'\n[data.paired]\ndepth = 'd'\n")
+    r = load_recipe(path, ["data.paired.edge=e", "data.crop=native"])
+    assert r.data.options.paired == {"depth": "d", "edge": "e"} and r.data.options.crop == "native"
+    text = recipe_to_toml(r)
+    assert 'val_images = ""' in text and "val_paired = {}" in text and "scene_size" not in text
+    assert recipe_from_dict(tomllib.loads(text)).data == r.data
+
+
+def test_a_run_folder_from_before_sources_declared_their_keys_still_reads(tmp_path):
+    """Run folders list the single old [data] schema in full: every source's keys at their defaults."""
+    old = {"source": "synthetic", "root": "", "images": "", "paired": {}, "list_file": "", "val_root": "",
+           "val_images": "", "val_paired": {}, "size": 64, "crop": "resize", "scale": 1.0, "scene_size": [],
+           "scene_scale": [], "world": "graded", "n": 30, "val_n": 4, "num_workers": 0, "strict": False, "tokens": ""}
+    r = recipe_from_dict({"data": old})
+    assert (r.data.size, r.data.options.n, r.data.options.world) == (64, 30, "graded")
+    defaults = {**old, "world": "random", "n": 2000, "val_n": 64}
+    folder = recipe_from_dict({"data": {**defaults, "source": "folder", "root": "imgs"}})
+    assert folder.data.options.root == "imgs"
+    with pytest.raises(RecipeError, match=r"data.n is a key of data source synthetic"):  # not its old default
+        recipe_from_dict({"data": {**defaults, "source": "folder", "n": 30}})

@@ -203,11 +203,11 @@ def test_root_layout_takes_extra_trees(tmp_path):
 
 def test_recipes_name_the_trees_and_set_reaches_into_data_paired(tmp_path):
     recipe = load_recipe(RECIPES / "drin-depth-stage.toml", ["data.images=/d/img", "data.paired.depth=/d/depth"])
-    assert (recipe.data.images, recipe.data.paired) == ("/d/img", {"depth": "/d/depth"})
+    assert (recipe.data.options.images, recipe.data.options.paired) == ("/d/img", {"depth": "/d/depth"})
     default = load_recipe(RECIPES / "drin-depth-stage.toml")
-    assert (default.data.images, default.data.paired) == ("data/drin_images", {"depth": "data/drin_depth"})
-    with pytest.raises(RecipeError, match=r'data.images = .* is invalid: expected to be empty unless data.source = '
-                                          r'"paired"'):
+    assert (default.data.options.images, default.data.options.paired) == ("data/drin_images",
+                                                                          {"depth": "data/drin_depth"})
+    with pytest.raises(RecipeError, match=r"data.images is a key of data source paired, not of 'synthetic'"):
         load_recipe(RECIPES / "quickstart.toml", ["data.images=x"])
     with pytest.raises(RecipeError, match=r"data.paired.depth = 3 has the wrong type: expected a string"):
         load_recipe(RECIPES / "drin-depth-stage.toml", ["data.paired.depth=3"])

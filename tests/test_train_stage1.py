@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -164,6 +165,46 @@ def test_resume_is_exact(recipe_path, tmp_path):
         assert torch.equal(a.tensors[k], b.tensors[k]), k
     records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "total_loss" in r] == [1, 2, 3, 4]  # none lost or repeated
+
+
+OLD_DATA = """[data]
+source = "synthetic"
+root = ""
+images = ""
+paired = {}
+list_file = ""
+val_root = ""
+val_images = ""
+val_paired = {}
+size = 16
+crop = "resize"
+scale = 1.0
+scene_size = []
+scene_scale = []
+world = "random"
+n = 24
+val_n = 4
+num_workers = 0
+strict = false
+tokens = ""
+"""
+
+
+def test_a_run_folder_from_before_sources_declared_their_keys_resumes_exactly(recipe_path, tmp_path):
+    """The recipe.toml of a run written when [data] held every source's keys resumes it, step for step."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(straight)).exit_code == 0
+    assert run_cli("train-stage1", str(recipe_path), "--out", str(split), "--set", "train.max_steps=3").exit_code == 0
+    stored = (split / "recipe.toml").read_text()
+    old = re.sub(r"\[data\]\n.*?\n\n", OLD_DATA + "\n", stored, count=1, flags=re.S)  # as the old version wrote it
+    assert "val_paired = {}" in old and "[model]" in old
+    (split / "recipe.toml").write_text(old)
+    result = run_cli("train-stage1", str(split / "recipe.toml"), "--out", str(split), "--resume",
+                     "--set", "train.max_steps=4")
+    assert result.exit_code == 0, result.output
+    a, b = load_bundle(straight / "last.safetensors"), load_bundle(split / "last.safetensors")
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
 
 
 def test_sigterm_checkpoints_and_stops(recipe_path, tmp_path):

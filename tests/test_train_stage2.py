@@ -158,8 +158,8 @@ def test_tokenize_then_train_on_shards(first_stage, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["complete"] and manifest["count"] == 16 and manifest["grid"] == [8, 8]
-    assert {k: manifest["data"][k] for k in ("crop", "scale", "scene_size", "world")} == {
-        "crop": "resize", "scale": 1.0, "scene_size": [], "world": "random"}  # what the shards were cut from
+    assert manifest["data"] == {"source": "synthetic", "size": 32, "n": 16, "val_n": 2, "scene_size": [], "scene_scale": [],
+                                "world": "random"}  # what the shards were cut from, every option in full
     result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run"),
                                       "--set", f"data.tokens='{shards}'"])
     assert result.exit_code == 0, result.output

@@ -15,10 +15,11 @@ import dataclasses
 import logging
 from typing import Any
 
-from .conditions import Condition, option_values
+from .conditions import Condition
 from .errors import PluginError, RecipeError
 from .plugins import get_condition, get_plugin_manager, provider, registered, skipped_note
 from .recipes import Recipe
+from .schema import option_values
 
 log = logging.getLogger(__name__)
 NO_CONDITION: dict[str, Any] = {"name": "", "options": {}}

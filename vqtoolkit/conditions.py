@@ -8,24 +8,17 @@ third-party one. This module holds no state.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from .errors import PluginError
-from .recipes import build_section
-from .registry import Registry, check_options
+from .registry import NoOptions, Registry, check_options
+from .schema import build_section
 
 Kind = Literal["spatial", "global", "positional"]
 ReadSize = Literal["sample", "any"]
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """A condition without recipe keys of its own."""
 
 
 class Condition:
@@ -95,20 +88,6 @@ class Condition:
         conditions that can be re-derived from an image (edges, low resolution): named figures,
         higher = more faithful. Default: none."""
         return {}
-
-
-def option_values(options: Any) -> dict[str, Any]:
-    """Parsed options as complete, JSON-able values (defaults included, tuples as lists): what
-    bundles, token manifests and run folders store, and what is compared between them."""
-    return {f.name: _plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 class ConditionRegistry(Registry[Condition]):

@@ -2,8 +2,9 @@
 
 A recipe lists only what differs from the defaults below; the defaults are the paper's settings (the
 f16 FFHQ VQGAN and a minGPT transformer) except where a comment says why we differ. This module is
-the one home of every default: models take these dataclasses (`VQLoss(LossConfig)`,
-`build_quantizer(QuantizerConfig)`), and `recipes.py` reads and writes them as TOML.
+the one home of every default but the options plugins declare (a condition's, a data source's): models
+take these dataclasses (`VQLoss(LossConfig)`, `build_quantizer(QuantizerConfig)`), and `recipes.py`
+reads and writes them as TOML.
 """
 
 from __future__ import annotations
@@ -13,74 +14,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import RecipeError
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise RecipeError(f"{key} = {value!r} is invalid: expected {expected}")
-
+from .schema import check_value as _check
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The keys every data source shares. A source's own keys (folder: root, val_root, crop, ...;
+    synthetic: n, scene_size, ...) sit beside these in [data] and are checked by its `Options`."""
+
     source: str = "folder"  # a registered data source (`vqt plugins`): folder, paired (images/ + a folder per condition), synthetic
-    root: str = ""  # folder of training images (recursive) for source = "folder"; paired: holds images/ and a folder per condition
-    images: str = ""  # paired: the image tree itself (taming's layout, e.g. data/sflckr_images); empty: root/images
-    paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its tree beside `images` ([data.paired])
-    list_file: str = ""  # alternative to `root`: a text file with one image path per line (paired: paths under the image tree)
-    val_root: str = ""  # held-out images for sample grids and eval; empty: none (folder source)
-    val_images: str = ""  # paired: a held-out image tree, laid out like `images` (e.g. data/coco/val2017)
-    val_paired: dict[str, str] = field(default_factory=dict)  # paired: condition name -> its held-out tree ([data.val_paired])
     size: int = 256  # training crop size in pixels
-    crop: Literal["resize", "native"] = "resize"  # folder/paired: resize the smallest side to `size`, or crop at `scale`
-    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
-    scene_size: tuple[int, ...] = ()  # synthetic: [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
-    scene_scale: tuple[float, ...] = ()  # synthetic: [lo, hi], each crop's scene is scene_size times a log-uniform factor in it (empty: 1)
-    world: Literal["random", "graded"] = "random"  # synthetic: random colours, or appearance graded by depth and height
-    n: int = 2000  # number of synthetic scenes (source = "synthetic")
-    val_n: int = 64  # held-out synthetic scenes, drawn from a disjoint seed range
     num_workers: int = 2  # DataLoader worker processes
     strict: bool = False  # fail on the first unreadable image instead of skipping and counting it
     tokens: str = ""  # stage 2: folder of token shards from `vqt tokenize` (empty: tokenize on the fly)
+    options: Any = None  # the source's own keys, parsed by its Options (None: its defaults; see source_options.data_source)
 
     def __post_init__(self) -> None:
         _check(self.size >= 8, "data.size", self.size, "an integer >= 8")
-        _check(self.n >= 1, "data.n", self.n, "an integer >= 1")
-        _check(self.val_n >= 0, "data.val_n", self.val_n, "an integer >= 0")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
-        _check(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
-        _check(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
-               '1 unless data.crop = "native" (it scales the images native crops are cut from)')
-        _check(self.crop == "resize" or self.source != "synthetic", "data.crop", self.crop,
-               '"resize" for synthetic scenes: set data.scene_size to crop large scenes at native scale')
-        _check(not self.scene_size or (self.source == "synthetic" and len(self.scene_size) == 2
-                                       and min(self.scene_size) >= self.size),
-               "data.scene_size", list(self.scene_size),
-               f"[width, height], each >= data.size ({self.size}), with data.source = \"synthetic\"")
-        _check(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
-                                        and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
-               "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
-        for key in ("images", "paired", "val_images", "val_paired"):
-            _check(not getattr(self, key) or self.source == "paired", f"data.{key}", getattr(self, key),
-                   'to be empty unless data.source = "paired" (it names paired data trees)')
-        for key, trees in (("paired", self.paired), ("val_paired", self.val_paired)):
-            for name, tree in trees.items():
-                _check(bool(tree), f"data.{key}.{name}", tree, "a folder path (the condition's tree, laid out like "
-                       f"data.{'val_' if key == 'val_paired' else ''}images)")
-        _check(not (self.val_images and self.val_root), "data.val_images", self.val_images,
-               "to be empty when data.val_root is set (held-out data comes from one of them)")
-        _check(not self.val_paired or bool(self.val_images), "data.val_paired", self.val_paired,
-               "to be empty unless data.val_images names the held-out image tree")
-
-    @property
-    def scene_hw(self) -> tuple[int, int] | None:
-        """scene_size as (height, width), or None for whole scenes of `size`."""
-        return (self.scene_size[1], self.scene_size[0]) if self.scene_size else None
-
-    @property
-    def crop_scale(self) -> float | None:
-        """The scale native crops are cut at, or None when the smallest side is resized to `size`."""
-        return self.scale if self.crop == "native" else None
 
 
 @dataclass(frozen=True)

@@ -2,22 +2,25 @@
 
 Every key is type-checked, unknown keys get a "did you mean", `--set section.key=value` overrides any
 value, and the resolved recipe is written into the run directory so a run can always be reproduced.
-The section dataclasses are importable from here too (`from vqtoolkit.recipes import Recipe`).
+The keys of [data] beyond those every source shares belong to the chosen data source and are checked
+by its `Options` (`source_options.py`). The section dataclasses are importable from here too
+(`from vqtoolkit.recipes import Recipe`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .config import (ConditionConfig, DataConfig, LossConfig, ModelConfig, QuantizerConfig, Recipe, SampleConfig,
                      TrainConfig, TransformerConfig)
 from .errors import RecipeError, did_you_mean
+from .schema import build_section, option_values
+from .source_options import data_values, parse_data
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,65 +35,6 @@ __all__ = ["ConditionConfig", "DataConfig", "LossConfig", "ModelConfig", "Quanti
 _SECTIONS = [f.name for f in dataclasses.fields(Recipe) if f.name != "path"]
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check `value` against a dataclass field type; convert lists to tuples and ints to floats."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            listed = ", ".join(repr(c) for c in choices)
-            raise RecipeError(f"{key} = {value!r} is invalid: expected one of {listed}"
-                              f"{did_you_mean(str(value), map(str, choices))}")
-        return value
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected a list of {item.__name__}")
-        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected a table")
-        item = typing.get_args(hint)[1]
-        return {k: v if item is Any else _coerce(f"{key}.{k}", v, item) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected a number")
-        if not math.isfinite(value):
-            raise RecipeError(f"{key} = {value!r} is invalid: expected a finite number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{key} = {value!r} has the wrong type: expected a string")
-        return value
-    raise TypeError(f"unsupported recipe field type {hint!r}")  # a bug in this module, not user input
-
-
-def build_section(name: str, cls: type, table: dict[str, Any], where: str) -> Any:
-    """Build dataclass `cls` from a TOML table, checking every key and type."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names or key == "options":
-            if cls is ConditionConfig:  # condition plugins own their keys; checked against the plugin
-                extra[key] = value
-                continue
-            raise RecipeError(f"{where}: unknown key '{name}.{key}'{did_you_mean(key, names)}")
-        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
-    if extra:
-        kwargs["options"] = extra
-    return cls(**kwargs)
-
-
 def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = "") -> Recipe:
     """Build a Recipe from parsed TOML tables; `where` names the source in error messages."""
     sections = {}
@@ -100,7 +44,12 @@ def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = 
             raise RecipeError(f"{where}: unknown section [{name}]{did_you_mean(name, _SECTIONS)}")
         if not isinstance(table, dict):
             raise RecipeError(f"{where}: '{name}' must be a section [{name}], got {table!r}")
-        sections[name] = build_section(name, hints[name], table, where)
+        if name == "data":
+            sections[name] = parse_data(table, where)
+        else:
+            sections[name] = build_section(name, hints[name], table, where, open_keys=name == "condition")
+    if "data" not in sections:
+        sections["data"] = parse_data({}, where)  # the default source's options, so that they are stored
     return Recipe(**sections, path=path)
 
 
@@ -152,18 +101,19 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """All sections with every value (defaults included), as plain TOML-able data."""
     out: dict[str, dict[str, Any]] = {}
     for name in _SECTIONS:
-        section = dataclasses.asdict(getattr(recipe, name))
+        if name == "data":
+            out[name] = data_values(recipe.data)
+            continue
+        section = option_values(getattr(recipe, name))
         options = section.pop("options", None)
-        out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        if options:
-            out[name].update(options)
+        out[name] = {**section, **(options or {})}
     return out
 
 
 def section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Rebuild one config dataclass (e.g. ModelConfig) from a bundle's stored JSON config."""
     name = cls.__name__.removesuffix("Config").lower()
-    return build_section(name, cls, values, where)
+    return parse_data(values, where) if cls is DataConfig else build_section(name, cls, values, where)
 
 
 def _toml_value(value: Any) -> str:

@@ -56,6 +56,11 @@ class Registry(Generic[T]):
         return f"{self.kind} '{obj.name}' from plugin {self._plugin}"
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The `Options` of a condition or data source without recipe keys of its own."""
+
+
 def check_options(options: Any, where: str, what: str) -> None:
     """An `Options` class must be a dataclass whose every field has a default that passes its own
     checks: a recipe or bundle that leaves an option out is read with the default."""

@@ -7,13 +7,15 @@ aligned with the image, where condition plugins read them as they read a paired 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from vqtoolkit.data.sources import DataSource
 from vqtoolkit.errors import VqtError
 from vqtoolkit.hookspecs import hookimpl
+from vqtoolkit.schema import check_value
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -21,24 +23,52 @@ if TYPE_CHECKING:
     from vqtoolkit.recipes import DataConfig
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """[data] keys of source = "synthetic"."""
+
+    n: int = 2000  # number of training scenes
+    val_n: int = 64  # held-out scenes, drawn from a disjoint seed range (`vqt eval synthetic --n` sets it)
+    scene_size: tuple[int, ...] = ()  # [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
+    scene_scale: tuple[float, ...] = ()  # [lo, hi]: each crop's scene is scene_size times a log-uniform factor in it (empty: 1)
+    world: Literal["random", "graded"] = "random"  # random colours, or appearance graded by depth and height
+
+    def __post_init__(self) -> None:
+        check_value(self.n >= 1, "data.n", self.n, "an integer >= 1")
+        check_value(self.val_n >= 0, "data.val_n", self.val_n, "an integer >= 0")
+        check_value(not self.scene_size or (len(self.scene_size) == 2 and min(self.scene_size) >= 8),
+                    "data.scene_size", list(self.scene_size), "[width, height], each >= data.size (and >= 8)")
+        check_value(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
+                                             and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
+                    "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
+
+    @property
+    def scene_hw(self) -> tuple[int, int] | None:
+        """scene_size as (height, width), or None for whole scenes of `size`."""
+        return (self.scene_size[1], self.scene_size[0]) if self.scene_size else None
+
+
 class SyntheticSource(DataSource):
     name = "synthetic"
     description = ("Procedural scenes with exact depth, segmentation, pose and class: data.n, data.val_n, "
                    "data.scene_size, data.scene_scale, data.world.")
+    Options = SyntheticOptions
 
-    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
-        from .dataset import SyntheticScenes
+    def dataset(self, data: DataConfig, options: SyntheticOptions, *, channels: int, augment: bool,
+                seed: int) -> Dataset:
+        return _scenes(data, options, options.n, seed=seed, train=augment, channels=channels)
 
-        return SyntheticScenes(data.n, data.size, seed=seed, train=augment, channels=channels,
-                               scene_size=data.scene_hw, scene_scale=tuple(data.scene_scale) or None,
-                               world=data.world)
+    def held_out(self, data: DataConfig, options: SyntheticOptions, *, channels: int, seed: int) -> Dataset | None:
+        return _scenes(data, options, max(options.val_n, 1), seed=seed, train=False, channels=channels)
 
-    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
-        from .dataset import SyntheticScenes
 
-        return SyntheticScenes(max(data.val_n, 1), data.size, seed=seed, train=False, channels=channels,
-                               scene_size=data.scene_hw, scene_scale=tuple(data.scene_scale) or None,
-                               world=data.world)
+def _scenes(data: DataConfig, options: SyntheticOptions, n: int, *, seed: int, train: bool, channels: int) -> Dataset:
+    from .dataset import SyntheticScenes
+
+    check_value(not options.scene_size or min(options.scene_size) >= data.size, "data.scene_size",
+                list(options.scene_size), f"[width, height], each >= data.size ({data.size})")
+    return SyntheticScenes(n, data.size, seed=seed, train=train, channels=channels, scene_size=options.scene_hw,
+                           scene_scale=tuple(options.scene_scale) or None, world=options.world)
 
 
 @click.command("scene")

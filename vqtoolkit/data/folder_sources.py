@@ -2,56 +2,106 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from ..hookspecs import hookimpl
+from ..schema import check_value
 from .sources import DataSource
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from ..recipes import DataConfig
+    from ..config import DataConfig
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """[data] keys of source = "folder"."""
+
+    root: str = ""  # folder of training images (recursive)
+    list_file: str = ""  # alternative to `root`: a text file with one image path per line
+    val_root: str = ""  # held-out images for sample grids and eval; empty: none
+    crop: Literal["resize", "native"] = "resize"  # resize the smallest side to `size`, or crop at `scale`
+    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
+
+    def __post_init__(self) -> None:
+        check_value(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
+        check_value(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
+                    '1 unless data.crop = "native" (it scales the images native crops are cut from)')
+
+    @property
+    def crop_scale(self) -> float | None:
+        """The scale native crops are cut at, or None when the smallest side is resized to `size`."""
+        return self.scale if self.crop == "native" else None
+
+
+@dataclass(frozen=True)
+class PairedOptions(FolderOptions):
+    """[data] keys of source = "paired": the folder keys (root holds images/ and a folder per
+    condition; list_file names paths under the image tree) and taming's parallel trees."""
+
+    images: str = ""  # the image tree itself (taming's layout, e.g. data/sflckr_images); empty: root/images
+    paired: dict[str, str] = field(default_factory=dict)  # condition name -> its tree beside `images` ([data.paired])
+    val_images: str = ""  # a held-out image tree, laid out like `images` (e.g. data/coco/val2017)
+    val_paired: dict[str, str] = field(default_factory=dict)  # condition name -> its held-out tree ([data.val_paired])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, trees in (("paired", self.paired), ("val_paired", self.val_paired)):
+            for name, tree in trees.items():
+                check_value(bool(tree), f"data.{key}.{name}", tree, "a folder path (the condition's tree, laid out "
+                            f"like data.{'val_' if key == 'val_paired' else ''}images)")
+        check_value(not (self.val_images and self.val_root), "data.val_images", self.val_images,
+                    "to be empty when data.val_root is set (held-out data comes from one of them)")
+        check_value(not self.val_paired or bool(self.val_images), "data.val_paired", self.val_paired,
+                    "to be empty unless data.val_images names the held-out image tree")
 
 
 class FolderSource(DataSource):
     name = "folder"
     description = ("Images in a folder tree (data.root) or a list file (data.list_file); held out: data.val_root; "
                    "data.crop, data.scale.")
+    Options = FolderOptions
 
-    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+    def dataset(self, data: DataConfig, options: FolderOptions, *, channels: int, augment: bool,
+                seed: int) -> Dataset:
         from .folders import ImageFolder
 
-        return ImageFolder(data.root, data.size, channels=channels, train=augment, list_file=data.list_file,
-                           strict=data.strict, scale=data.crop_scale)
+        return ImageFolder(options.root, data.size, channels=channels, train=augment, list_file=options.list_file,
+                           strict=data.strict, scale=options.crop_scale)
 
-    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+    def held_out(self, data: DataConfig, options: FolderOptions, *, channels: int, seed: int) -> Dataset | None:
         from .folders import ImageFolder
 
-        if not data.val_root:
+        if not options.val_root:
             return None
-        return ImageFolder(data.val_root, data.size, channels=channels, train=False, strict=data.strict,
-                           scale=data.crop_scale)
+        return ImageFolder(options.val_root, data.size, channels=channels, train=False, strict=data.strict,
+                           scale=options.crop_scale)
 
 
 class PairedSource(DataSource):
     name = "paired"
     description = ("data.root/images/ with one folder per modality beside it (depth/, segmentation/, ...), or "
                    "parallel trees: data.images and [data.paired] <condition> = <tree>; data.list_file picks images; "
-                   "held out: data.val_root, or data.val_images and [data.val_paired].")
+                   "held out: data.val_root, or data.val_images and [data.val_paired]; data.crop, data.scale.")
+    Options = PairedOptions
 
-    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+    def dataset(self, data: DataConfig, options: PairedOptions, *, channels: int, augment: bool,
+                seed: int) -> Dataset:
         from .paired import PairedFolder
 
-        return PairedFolder(data.root, data.size, images=data.images, paired=data.paired, list_file=data.list_file,
-                            channels=channels, train=augment, strict=data.strict, scale=data.crop_scale)
+        return PairedFolder(options.root, data.size, images=options.images, paired=options.paired,
+                            list_file=options.list_file, channels=channels, train=augment, strict=data.strict,
+                            scale=options.crop_scale)
 
-    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+    def held_out(self, data: DataConfig, options: PairedOptions, *, channels: int, seed: int) -> Dataset | None:
         from .paired import PairedFolder
 
-        if not (data.val_root or data.val_images):
+        if not (options.val_root or options.val_images):
             return None
-        return PairedFolder(data.val_root, data.size, images=data.val_images, paired=data.val_paired,
-                            channels=channels, train=False, strict=data.strict, scale=data.crop_scale)
+        return PairedFolder(options.val_root, data.size, images=options.val_images, paired=options.val_paired,
+                            channels=channels, train=False, strict=data.strict, scale=options.crop_scale)
 
 
 @hookimpl

@@ -7,18 +7,26 @@ exactly as a third-party source does. This module imports no torch, so loading p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..registry import Registry
+from ..config import DataConfig
+from ..errors import PluginError
+from ..registry import NoOptions, Registry, check_options
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from ..recipes import DataConfig
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "options")  # in every [data]
 
 
 class DataSource:
     """One kind of training data; subclass it and register an instance.
+
+    `Options` is a frozen dataclass of the source's own [data] keys (they sit beside the keys every
+    source shares: source, size, num_workers, strict, tokens), every one with a default; its
+    `__post_init__` raises RecipeError for bad values. Both methods receive the [data] section and
+    the parsed options.
 
     Items are dicts with at least `"image"`: a float tensor (C, size, size) in [-1, 1], and `"name"`.
     Sources that carry other modalities put them in `"paired"` (modality name -> array aligned with
@@ -27,12 +35,13 @@ class DataSource:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
 
-    def dataset(self, data: DataConfig, *, channels: int, augment: bool, seed: int) -> Dataset:
+    def dataset(self, data: DataConfig, options: Any, *, channels: int, augment: bool, seed: int) -> Dataset:
         """The training images of the recipe's [data] section; random crops and flips when `augment`."""
         raise NotImplementedError
 
-    def held_out(self, data: DataConfig, *, channels: int, seed: int) -> Dataset | None:
+    def held_out(self, data: DataConfig, options: Any, *, channels: int, seed: int) -> Dataset | None:
         """Images kept out of training (centre crops, fixed), for grids and figures; None when the
         recipe names none. `seed` picks them for sources that generate their data."""
         return None
@@ -44,3 +53,11 @@ class DataSourceRegistry(Registry[DataSource]):
     kind = "data source"
     base = DataSource
     base_path = "vqtoolkit.data.DataSource"
+
+    def validate(self, source: DataSource) -> None:
+        where = self.where(source)
+        check_options(source.Options, where, "data source")
+        taken = [f.name for f in dataclasses.fields(source.Options) if f.name in (*SHARED_KEYS, "options")]
+        if taken:
+            raise PluginError(f"{where}: option {', '.join(taken)} of {source.Options.__name__} is a key every "
+                              f"data source shares ([data] {', '.join(SHARED_KEYS)}); give it another name")

@@ -13,6 +13,8 @@ from ..data.recipe import WithCondition, training_dataset
 from ..data.tokens import fingerprint, tokenize
 from ..errors import VqtError
 from ..recipes import Recipe
+from ..schema import option_values
+from ..source_options import data_source
 from ..stage1 import Stage1Model
 from ..stage2 import ConditionSpec, check_condition_grid
 
@@ -32,18 +34,13 @@ def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", de
         dataset = WithCondition(dataset, spec)
         grid = recipe.data.size // first.factor
         check_condition_grid(spec, dataset[0]["cond_raw"].to(device), (grid, grid), recipe.path or "recipe")
+    _, options = data_source(recipe.data)
     identity: dict[str, Any] = {
         "first_stage": {"path": str(path), "fingerprint": fingerprint(first.tensors())},
         "condition": spec.meta() if spec else NO_CONDITION,
-        "data": {"source": recipe.data.source, "root": recipe.data.root, "list_file": recipe.data.list_file,
-                 "size": recipe.data.size, "n": recipe.data.n, "crop": recipe.data.crop,
-                 "scale": recipe.data.scale, "scene_size": list(recipe.data.scene_size),
-                 "scene_scale": list(recipe.data.scene_scale),
-                 "world": recipe.data.world},
+        "data": {"source": recipe.data.source, "size": recipe.data.size, **option_values(options)},
         "grid": [recipe.data.size // first.factor] * 2,
     }
-    if recipe.data.images or recipe.data.paired:  # only then, so manifests of the root layout stay as they were
-        identity["data"].update(images=recipe.data.images, paired=dict(recipe.data.paired))
     if spec is not None and spec.stage is not None:
         identity["cond_stage"] = {"path": recipe.condition.stage, "fingerprint": fingerprint(spec.stage.tensors())}
 
