@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from vqtoolkit.metrics import codebook_stats
-from vqtoolkit.models.quantize import build_quantizer
+from vqtoolkit.quantizer_options import build_quantizer
 from vqtoolkit.recipes import QuantizerConfig
 from vqtoolkit.models.vqgan import VQGAN
 
@@ -38,7 +38,7 @@ def smooth_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor
 
 def run(name: str, options: dict, steps: int, seed: int, batch: int = 16, size: int = 32) -> dict:
     torch.manual_seed(seed)
-    quantizer = build_quantizer(QuantizerConfig(n_codes=256, embed_dim=64, usage_window=100, **options))
+    quantizer = build_quantizer(QuantizerConfig(embed_dim=64, options=dict(n_codes=256, usage_window=100, **options)))
     model = VQGAN(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
                   in_channels=3, out_channels=3, dropout=0.0, resolution=size, quantizer=quantizer)
     trainable = [p for p in model.parameters() if p.requires_grad]

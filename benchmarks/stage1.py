@@ -42,8 +42,8 @@ def _configs(ch: int):
 
     model = ModelConfig(ch=ch, **F16_ARCH)
     # the reference quantizer: lookup in embed_dim, no restarts
-    quantizer = QuantizerConfig(n_codes=1024, embed_dim=256, codebook_dim=0, l2_normalize=False,
-                                restart_dead=False, legacy_beta=True)
+    quantizer = QuantizerConfig(embed_dim=256, options=dict(n_codes=1024, codebook_dim=0, l2_normalize=False,
+                                                            restart_dead=False, legacy_beta=True))
     loss = LossConfig(perceptual_backbone="random", disc_start=0)
     return model, quantizer, loss
 

@@ -35,7 +35,7 @@ def _write_inputs(folder: Path, n: int, ch: int) -> None:
     for i in range(n):
         save_png(render_scene(i, 256).image, folder / "images" / f"{i:05d}.png")
     torch.manual_seed(0)
-    model = Stage1Model.build(ModelConfig(ch=ch, **F16_ARCH), QuantizerConfig(n_codes=1024, embed_dim=256))
+    model = Stage1Model.build(ModelConfig(ch=ch, **F16_ARCH), QuantizerConfig(embed_dim=256, options={"n_codes": 1024}))
     model.save(folder / "stage1.safetensors")
 
 

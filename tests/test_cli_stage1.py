@@ -22,7 +22,7 @@ def bundle(tmp_path_factory):
     torch.manual_seed(0)
     model = Stage1Model.build(
         ModelConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=32),
-        QuantizerConfig(n_codes=32, embed_dim=8))
+        QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
     path = tmp_path_factory.mktemp("model") / "vqgan.safetensors"
     model.save(path)
     return path
@@ -140,7 +140,7 @@ def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):
     torch.manual_seed(0)
     first = Stage1Model.build(  # f = 8, so the README's 1024x576 sample is 128x72 codes
         ModelConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
-                    resolution=64), QuantizerConfig(n_codes=32, embed_dim=8))
+                    resolution=64), QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
     first.save(tmp_path / "runs" / "quickstart" / "last.safetensors")
     Stage2Model(first, GPT(GPTConfig(32, 1 + 64, 1, 2, 16)), 8, None).save(
         tmp_path / "runs" / "quickstart-stage2" / "last.safetensors")

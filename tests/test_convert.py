@@ -329,8 +329,8 @@ def test_vqmodel_lightning_checkpoint_matches_reference_values(tmp_path, foreign
     assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.z_channels) == (32, (1, 2), 1, 32)
     assert cfg.attn_resolutions == (128,)  # level 1 of an assumed 256
     q = model.quantizer_config
-    assert (q.kind, q.n_codes, q.embed_dim, q.legacy_beta) == ("vq", 16, 8, True)
-    assert (q.codebook_dim, q.l2_normalize, q.restart_dead, q.ema) == (0, False, False, False)
+    assert (q.kind, q.options["n_codes"], q.embed_dim, q.options["legacy_beta"]) == ("vq", 16, 8, True)
+    assert [q.options[k] for k in ("codebook_dim", "l2_normalize", "restart_dead", "ema")] == [0, False, False, False]
     assert load_bundle(dst).condition == {}
 
     vq = model.vqgan
@@ -374,7 +374,7 @@ def test_gumbel_vq(tmp_path, foreign):
     model = Stage1Model.load(tmp_path / "g.safetensors")
     assert model.model_config.attn_resolutions == (32,) and model.model_config.resolution == 64
     q = model.quantizer_config
-    assert (q.kind, q.n_codes, q.embed_dim, q.kl_weight) == ("gumbel", 12, 32, 1e-8)
+    assert (q.kind, q.options["n_codes"], q.embed_dim, q.options["kl_weight"]) == ("gumbel", 12, 32, 1e-8)
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     with torch.no_grad():
         logits = conv(conv(model.vqgan.encoder(x), sd, "quant_conv"), sd, "quantize.proj")  # (2, 12, 4, 4)

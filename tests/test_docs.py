@@ -150,3 +150,16 @@ def test_recipes_doc_lists_every_key_of_each_data_source_with_its_default(name):
     assert set(documented) == set(defaults), f"data source {name}: documented keys differ from its Options"
     for key, value in defaults.items():
         assert documented[key] == _toml_value(value), f"data.{key} of {name}: docs say {documented[key]}"
+@pytest.mark.parametrize("kind", ["vq", "gumbel", "fsq"])
+def test_every_builtin_quantizer_option_is_documented_with_its_default(kind):
+    """docs/recipes.md lists each built-in quantizer's options with the defaults of its Options."""
+    from vqtoolkit.recipes import _toml_value
+
+    heading = f'\n#### kind = "{kind}"\n'
+    assert heading in RECIPES_DOC, f"docs/recipes.md lacks a '#### kind = \"{kind}\"' table"
+    table = RECIPES_DOC.split(heading, 1)[1].split("\n#", 1)[0]
+    documented = dict(re.findall(r"^\| `(\w+)` \| `(.*?)` \|", table, flags=re.M))
+    defaults = {f.name: f.default for f in dataclasses.fields(plugins.get_quantizer(kind).Options)}
+    assert set(documented) == set(defaults), f"quantizer {kind}: documented options differ from its Options"
+    for key, value in defaults.items():
+        assert documented[key] == _toml_value(list(value) if isinstance(value, tuple) else value), key

@@ -158,7 +158,7 @@ def test_an_unknown_anchor_is_named_with_the_choices():
 def first():
     torch.manual_seed(0)
     return Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(),
-                                         z_channels=8, resolution=16), QuantizerConfig(n_codes=16, embed_dim=8))
+                                         z_channels=8, resolution=16), QuantizerConfig(embed_dim=8, options={"n_codes": 16}))
 
 
 def condition(name: str, **options) -> ConditionSpec:

@@ -137,7 +137,7 @@ def build_vqgan(seed: int) -> Stage1Model:
     torch.manual_seed(seed)
     return Stage1Model.build(
         ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=SIZE),
-        QuantizerConfig(n_codes=32, embed_dim=8))
+        QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
 
 
 @pytest.fixture(scope="module")

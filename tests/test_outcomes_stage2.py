@@ -60,7 +60,7 @@ def kmeans_vqgan(path: Path) -> Path:
     torch.manual_seed(0)
     model = Stage1Model.build(
         ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=32),
-        QuantizerConfig(n_codes=N_CODES, embed_dim=8, codebook_dim=0, l2_normalize=False, restart_dead=False))
+        QuantizerConfig(embed_dim=8, options={"n_codes": N_CODES, "codebook_dim": 0, "l2_normalize": False, "restart_dead": False}))
     vqgan = model.vqgan.eval()
     scenes = SyntheticScenes(256, 32, seed=1, train=False)
     images = torch.stack([scenes[i]["image"] for i in range(len(scenes))])

@@ -234,7 +234,7 @@ def first_stage(tmp_path_factory) -> Path:
     """A random f = 4 VQGAN: 32-pixel scenes give 8x8 codes."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("first") / "vqgan.safetensors"
-    Stage1Model.build(ModelConfig(**TINY_VQGAN), QuantizerConfig(n_codes=32, embed_dim=8)).save(path)
+    Stage1Model.build(ModelConfig(**TINY_VQGAN), QuantizerConfig(embed_dim=8, options={"n_codes": 32})).save(path)
     return path
 
 

@@ -8,7 +8,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import PluginError
 
 BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}  # built-in conditions
-BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "export"}  # plus data sources and commands
+BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "quantizers", "export"}  # plus data sources, commands, quantizers
 
 NORMALS = """
 from vqtoolkit.conditions import Condition

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from vqtoolkit.errors import VqtError
-from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer, build_quantizer
+from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer
+from vqtoolkit.quantizer_options import build_quantizer
 from vqtoolkit.recipes import QuantizerConfig
+
+
+def config(kind: str = "vq", embed_dim: int = 8, **options) -> QuantizerConfig:
+    return QuantizerConfig(kind=kind, embed_dim=embed_dim, options=options)
 
 VARIANTS = {
     "reference": dict(kind="vq", codebook_dim=0, l2_normalize=False, restart_dead=False, legacy_beta=True),
@@ -29,7 +34,7 @@ def column(values) -> torch.Tensor:  # 1-d values -> (1, 1, 1, N) map of 1-chann
 def test_indices_to_quantized_is_exact(name):
     torch.manual_seed(0)
     options = dict(VARIANTS[name])
-    q = build_quantizer(QuantizerConfig(n_codes=16, embed_dim=8, usage_window=2, **options))
+    q = build_quantizer(config(n_codes=16, usage_window=2, **options))
     z = torch.randn(2, 8, 4, 5)
     for step in range(4):  # exercise training updates (EMA, restarts, temperature) first
         q.set_step(step)
@@ -47,7 +52,7 @@ def test_indices_to_quantized_is_exact(name):
 def test_straight_through_gradient_reaches_encoder(name):
     torch.manual_seed(0)
     options = dict(VARIANTS[name])
-    q = build_quantizer(QuantizerConfig(n_codes=16, embed_dim=8, **options))
+    q = build_quantizer(config(n_codes=16, **options))
     encoder = torch.nn.Conv2d(3, 8, 1)
     quantized, _, _, _ = q(encoder(torch.randn(2, 3, 4, 4)))
     quantized.pow(2).sum().backward()
@@ -166,17 +171,20 @@ def test_gumbel_kl_loss_and_eval_argmax():
 
 
 def test_build_quantizer_errors():
-    with pytest.raises(VqtError, match="'vq', 'gumbel'"):
-        build_quantizer(QuantizerConfig(kind="kmeans", n_codes=8, embed_dim=4))
-    with pytest.raises(VqtError, match="quantizer.ema = True only applies to kind 'vq'"):
-        build_quantizer(QuantizerConfig(kind="gumbel", n_codes=8, embed_dim=4, ema=True))
-    with pytest.raises(VqtError, match="quantizer.kl_weight .* only applies to kind 'gumbel'"):
-        build_quantizer(QuantizerConfig(kind="vq", n_codes=8, embed_dim=4, kl_weight=1.0))
+    with pytest.raises(VqtError, match="unknown quantizer.kind 'kmeans'.*choose from fsq, gumbel, vq"):
+        build_quantizer(config("kmeans", n_codes=8))
+    with pytest.raises(VqtError, match="unknown key 'quantizer.ema'.*option of quantizer.kind = 'vq', but "
+                                       "quantizer.kind = 'gumbel'"):
+        build_quantizer(config("gumbel", n_codes=8, ema=True))
+    with pytest.raises(VqtError, match="unknown key 'quantizer.kl_weight'.*option of quantizer.kind = 'gumbel'"):
+        build_quantizer(config("vq", n_codes=8, kl_weight=1.0))
+    with pytest.raises(VqtError, match="unknown key 'quantizer.n_code'.*did you mean 'n_codes'"):
+        build_quantizer(config("vq", n_code=8))
 
 
 def test_build_quantizer_accepts_every_recipe_default():
-    for kind in ("vq", "gumbel"):
-        assert build_quantizer(QuantizerConfig(kind=kind)).n_codes == QuantizerConfig().n_codes
+    for kind, n_codes in (("vq", 1024), ("gumbel", 1024), ("fsq", 1000)):
+        assert build_quantizer(QuantizerConfig(kind=kind)).n_codes == n_codes
 
 
 def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:

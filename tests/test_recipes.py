@@ -12,7 +12,7 @@ from .conftest import write
 def test_defaults_are_the_paper_ffhq_model():
     r = Recipe()
     assert r.model.ch == 128 and r.model.ch_mult == (1, 1, 2, 2, 4) and r.model.factor == 16
-    assert r.quantizer.n_codes == 1024 and r.loss.disc_start == 30001
+    assert r.quantizer.kind == "vq" and r.quantizer.options == {} and r.loss.disc_start == 30001
 
 
 def test_load_with_overrides(tmp_path):

@@ -73,7 +73,7 @@ def test_bad_sample_values(tmp_path, args, message):
     from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
     first = Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-                                          z_channels=4, resolution=16), QuantizerConfig(n_codes=8, embed_dim=4))
+                                          z_channels=4, resolution=16), QuantizerConfig(embed_dim=4, options={"n_codes": 8}))
     path = tmp_path / "m.safetensors"
     Stage2Model(first, GPT(GPTConfig(8, 1 + 16 - 1, 1, 1, 8)), 4, None).save(path)
     result = CliRunner().invoke(cli, ["sample", "--model", str(path), "--size", "8x8", "-o", str(tmp_path / "o"),

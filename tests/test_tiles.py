@@ -17,7 +17,7 @@ ARCH = dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_c
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    whole = Stage1Model.build(ModelConfig(**ARCH), QuantizerConfig(n_codes=32, embed_dim=8))
+    whole = Stage1Model.build(ModelConfig(**ARCH), QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
     tiled = Stage1Model(whole.vqgan, dataclasses.replace(whole.model_config, encode_tile=16), whole.quantizer_config)
     return whole, tiled  # f = 4: tiles of 4x4 codes
 

@@ -49,7 +49,7 @@ def first_stage(tmp_path_factory):
     torch.manual_seed(0)
     model = Stage1Model.build(
         ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, resolution=32),
-        QuantizerConfig(n_codes=32, embed_dim=8))
+        QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
     path = tmp_path_factory.mktemp("first") / "vqgan.safetensors"
     model.save(path)
     return path

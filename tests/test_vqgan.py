@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer, build_quantizer
+from vqtoolkit.models.quantize import GumbelQuantizer, VectorQuantizer
+from vqtoolkit.quantizer_options import build_quantizer
 from vqtoolkit.models.vqgan import VQGAN
 from vqtoolkit.recipes import QuantizerConfig
 
@@ -67,7 +68,7 @@ def test_channels_last_matches_contiguous():
 
 def test_gradients_reach_encoder_through_quantizer():
     torch.manual_seed(0)
-    model = tiny(quantizer=build_quantizer(QuantizerConfig(n_codes=32, embed_dim=8)))
+    model = tiny(quantizer=build_quantizer(QuantizerConfig(embed_dim=8, options={"n_codes": 32})))
     recon, qloss, _, _ = model(torch.randn(2, 3, 16, 16))
     (recon.abs().mean() + qloss).backward()
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0
@@ -102,7 +103,7 @@ def test_norm_groups_travels_in_the_bundle(tmp_path):
     from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
     model = Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
-                                          resolution=16, norm_groups=8), QuantizerConfig(n_codes=16, embed_dim=8))
+                                          resolution=16, norm_groups=8), QuantizerConfig(embed_dim=8, options={"n_codes": 16}))
     model.save(tmp_path / "m.safetensors")
     loaded = Stage1Model.load(tmp_path / "m.safetensors")
     assert loaded.model_config.norm_groups == 8

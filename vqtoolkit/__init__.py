@@ -5,6 +5,7 @@ The public face, for scripts and for plugins:
     from vqtoolkit import Stage1Model, Stage2Model          # the two model objects
     from vqtoolkit import Condition, NoOptions, hookimpl    # what a conditioning plugin implements
     from vqtoolkit import paired_array, load_image, to_tensor  # helpers plugins read their data with
+    from vqtoolkit import Quantizer, QuantizerModule, CodeUsage  # what a quantizer plugin implements
 
 docs/plugin_hooks.md ("What a plugin may import") lists every name here that plugins may rely on.
 
@@ -34,6 +35,9 @@ _EXPORTS = {
     "crop_like": "data",
     "paired_array": "data",
     "DataSource": "data",
+    "Quantizer": "quantizers",
+    "QuantizerModule": "models.quantize",
+    "CodeUsage": "models.quantize",
     "load_image": "images",
     "load_array": "images",
     "load_label_map": "images",

@@ -74,29 +74,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class QuantizerConfig:
-    kind: Literal["vq", "gumbel"] = "vq"
-    n_codes: int = 1024
-    embed_dim: int = 256
-    beta: float = 0.25  # commitment weight
-    legacy_beta: bool = False  # the reference code's placement of beta; set by `vqt convert`
-    codebook_dim: int = 8  # factorized low-dimensional lookup (0: look up in embed_dim, as the paper)
-    l2_normalize: bool = True  # cosine-similarity lookup; with codebook_dim keeps codebooks alive
-    ema: bool = False  # EMA codebook updates instead of the codebook loss term
-    ema_decay: float = 0.99
-    restart_dead: bool = True  # re-seed codes unused for `usage_window` batches from encoder outputs
-    usage_window: int = 100  # batches over which codebook usage is counted
-    temperature_start: float = 1.0  # gumbel only
-    temperature_end: float = 0.0625  # gumbel only
-    temperature_anneal_steps: int = 150000  # gumbel only
-    kl_weight: float = 5e-4  # gumbel only
+    """Which quantizer plugin to use; its own keys (n_codes, beta, levels, ...) are checked by that
+    quantizer's `Options` (see `vqt plugins` and docs/recipes.md) and kept in `options`."""
+
+    kind: str = "vq"  # a registered quantizer (`vqt plugins`): vq, gumbel, fsq
+    embed_dim: int = 256  # channels of the map the quantizer reads and returns (the decoder's input)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.n_codes >= 2, "quantizer.n_codes", self.n_codes, "an integer >= 2")
+        _check(bool(self.kind), "quantizer.kind", self.kind, "the name of a registered quantizer (vq, gumbel, fsq)")
         _check(self.embed_dim >= 1, "quantizer.embed_dim", self.embed_dim, "an integer >= 1")
-        _check(self.beta >= 0, "quantizer.beta", self.beta, "a number >= 0")
-        _check(self.codebook_dim >= 0, "quantizer.codebook_dim", self.codebook_dim, "an integer >= 0")
-        _check(0.0 < self.ema_decay < 1.0, "quantizer.ema_decay", self.ema_decay, "a number in (0, 1)")
-        _check(self.usage_window >= 1, "quantizer.usage_window", self.usage_window, "an integer >= 1")
 
 
 @dataclass(frozen=True)

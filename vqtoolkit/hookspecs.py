@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .conditions import ConditionRegistry
     from .data.sources import DataSourceRegistry
+    from .quantizers import QuantizerRegistry
 
 hookspec = pluggy.HookspecMarker("vqtoolkit")
 hookimpl = pluggy.HookimplMarker("vqtoolkit")
@@ -33,6 +34,14 @@ def vqt_register_data_sources(registry: DataSourceRegistry) -> None:
     """Add data sources, the values of a recipe's ``data.source``, with ``registry.register(source)``.
 
     Fires once, the first time a recipe's data is built or ``vqt plugins`` lists sources. Returns nothing.
+    """
+
+
+@hookspec
+def vqt_register_quantizers(registry: QuantizerRegistry) -> None:
+    """Add quantizers, the values of a recipe's ``quantizer.kind``, with ``registry.register(quantizer)``.
+
+    Fires once, the first time a VQGAN is built or loaded or ``vqt plugins`` lists quantizers. Returns nothing.
     """
 
 

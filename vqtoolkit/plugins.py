@@ -6,8 +6,8 @@ names to load besides the built-ins (empty: built-ins only; unset: everything in
 A plugin that fails to import, whose hook raises, or whose registration is invalid or takes a
 name already registered is recorded by name with the reason and skipped; the others keep working.
 
-The manager also owns what plugins register (the condition registry, gathered on first use), so
-forgetting the manager forgets everything it loaded.
+The manager also owns what plugins register (conditions, data sources, quantizers: each gathered on
+first use), so forgetting the manager forgets everything it loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pluggy
 from . import hookspecs
 from .conditions import Condition, ConditionRegistry
 from .data.sources import DataSource, DataSourceRegistry
+from .quantizers import Quantizer, QuantizerRegistry
 from .registry import Registered, Registry
 from .errors import PluginError, VqtError, did_you_mean
 
@@ -33,6 +34,7 @@ GROUP = "vqtoolkit"
 KINDS: dict[str, tuple[str, type[Registry[Any]]]] = {
     "conditions": ("vqt_register_conditions", ConditionRegistry),
     "data_sources": ("vqt_register_data_sources", DataSourceRegistry),
+    "quantizers": ("vqt_register_quantizers", QuantizerRegistry),
 }
 BUILTIN_DISTRIBUTION = "vqtoolkit"
 log = logging.getLogger(__name__)
@@ -255,6 +257,16 @@ def get_data_source(name: str) -> DataSource:
         raise PluginError(f"unknown data source '{name}'{did_you_mean(name, sources)}{skipped_note()} (choose "
                           f"from {', '.join(sorted(sources))}; see 'vqt plugins')")
     return sources[name].value
+
+
+def get_quantizer(name: str) -> Quantizer:
+    """The quantizer registered as `name` (a recipe's `quantizer.kind`), or an error with a suggestion."""
+    quantizers = get_plugin_manager().registered("quantizers")
+    if name not in quantizers:
+        raise PluginError(f"unknown quantizer.kind '{name}'{did_you_mean(name, quantizers)}{skipped_note()} "
+                          f"(choose from {', '.join(sorted(quantizers))}, or install the plugin that provides "
+                          f"'{name}'; see 'vqt plugins')")
+    return quantizers[name].value
 
 
 def describe() -> dict[str, Any]:

@@ -33,6 +33,8 @@ __all__ = ["ConditionConfig", "DataConfig", "LossConfig", "ModelConfig", "Quanti
 
 
 _SECTIONS = [f.name for f in dataclasses.fields(Recipe) if f.name != "path"]
+# Sections whose other keys belong to the plugin they name ([condition] name, [quantizer] kind).
+_PLUGIN_SECTIONS = ("condition", "quantizer")
 
 
 def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = "") -> Recipe:
@@ -47,7 +49,7 @@ def recipe_from_dict(tables: dict[str, Any], where: str = "recipe", path: str = 
         if name == "data":
             sections[name] = parse_data(table, where)
         else:
-            sections[name] = build_section(name, hints[name], table, where, open_keys=name == "condition")
+            sections[name] = build_section(name, hints[name], table, where, open_keys=name in _PLUGIN_SECTIONS)
     if "data" not in sections:
         sections["data"] = parse_data({}, where)  # the default source's options, so that they are stored
     return Recipe(**sections, path=path)
@@ -113,7 +115,9 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
 def section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Rebuild one config dataclass (e.g. ModelConfig) from a bundle's stored JSON config."""
     name = cls.__name__.removesuffix("Config").lower()
-    return parse_data(values, where) if cls is DataConfig else build_section(name, cls, values, where)
+    if cls is DataConfig:
+        return parse_data(values, where)
+    return build_section(name, cls, values, where, open_keys=name in _PLUGIN_SECTIONS)
 
 
 def _toml_value(value: Any) -> str:

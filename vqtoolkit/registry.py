@@ -58,7 +58,7 @@ class Registry(Generic[T]):
 
 @dataclass(frozen=True)
 class NoOptions:
-    """The `Options` of a condition or data source without recipe keys of its own."""
+    """The `Options` of a plugin object (a condition, data source or quantizer) without recipe keys of its own."""
 
 
 def check_options(options: Any, where: str, what: str) -> None:

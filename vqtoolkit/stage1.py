@@ -16,13 +16,14 @@ import torch
 
 from .checkpoint import Bundle, load_bundle, load_state, module_tensors, save_bundle
 from .errors import CheckpointError, ImageError
-from .models.quantize import build_quantizer
 from .models.vqgan import VQGAN
+from .quantizer_options import build_quantizer, complete_quantizer, quantizer_table, read_stored
 from .recipes import ModelConfig, QuantizerConfig, section_from_dict
 from .tiles import encode_tiled
 
 
 def build_vqgan(model: ModelConfig, quantizer: QuantizerConfig) -> VQGAN:
+    """The VQGAN of a recipe's [model] and [quantizer] sections (the quantizer from its plugin)."""
     layers = {k: v for k, v in dataclasses.asdict(model).items() if k != "encode_tile"}  # how to run it, not a layer
     return VQGAN(**layers, quantizer=build_quantizer(quantizer))
 
@@ -34,12 +35,13 @@ class Stage1Model:
                  condition: dict[str, Any] | None = None) -> None:
         self.vqgan = vqgan
         self.model_config = model
-        self.quantizer_config = quantizer
+        self.quantizer_config = quantizer  # its options in full (`build` and `from_bundle` complete them)
         self.condition = condition or {}  # set for a condition stage (e.g. a depth VQGAN)
 
     @classmethod
     def build(cls, model: ModelConfig, quantizer: QuantizerConfig,
-              condition: dict[str, Any] | None = None) -> Stage1Model:
+              condition: dict[str, Any] | None = None, where: str = "recipe") -> Stage1Model:
+        quantizer = complete_quantizer(quantizer, where)
         return cls(build_vqgan(model, quantizer), model, quantizer, condition)
 
     @classmethod
@@ -50,8 +52,8 @@ class Stage1Model:
         if "model" not in config or "quantizer" not in config:
             raise CheckpointError(f"{where} lacks the model/quantizer sections that rebuild the VQGAN")
         model = section_from_dict(ModelConfig, config["model"], where)
-        quantizer = section_from_dict(QuantizerConfig, config["quantizer"], where)
-        instance = cls.build(model, quantizer, config.get("condition") or None)
+        quantizer = read_stored(config["quantizer"], where)
+        instance = cls.build(model, quantizer, config.get("condition") or None, where)
         load_state(instance.vqgan, bundle.namespace(prefix), f"{bundle.path} ({prefix}.*)")
         # channels_last: oneDNN's and cuDNN's faster convolution layout (benchmarks/stage1.py).
         instance.vqgan.eval().to(memory_format=torch.channels_last)
@@ -65,7 +67,7 @@ class Stage1Model:
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": dataclasses.asdict(self.model_config),
-                               "quantizer": dataclasses.asdict(self.quantizer_config)}
+                               "quantizer": quantizer_table(self.quantizer_config)}
         if self.condition:
             out["condition"] = self.condition
         return out
@@ -83,7 +85,7 @@ class Stage1Model:
 
     @property
     def n_codes(self) -> int:
-        return self.quantizer_config.n_codes
+        return self.vqgan.quantize.n_codes
 
     @property
     def device(self) -> torch.device:

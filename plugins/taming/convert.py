@@ -24,7 +24,7 @@ from vqtoolkit.checkpoint import load_state, save_bundle
 from vqtoolkit.condition_options import complete_meta
 from vqtoolkit.errors import CheckpointError, RecipeError
 from vqtoolkit.fileio import check_new
-from vqtoolkit.models.quantize import build_quantizer
+from vqtoolkit.quantizer_options import build_quantizer, complete_quantizer, quantizer_table
 from vqtoolkit.models.transformer import GPT, GPTConfig
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
@@ -123,8 +123,9 @@ def _infer_quantizer(sd: dict[str, Tensor], where: str, params: dict[str, Any],
     if "quantize.embedding.weight" in sd:
         n_codes, embed_dim = _shape(sd, "quantize.embedding.weight", where)
         # The reference VectorQuantizer2: beta 0.25 on the codebook term, plain nearest-neighbour lookup.
-        return QuantizerConfig(kind="vq", n_codes=n_codes, embed_dim=embed_dim, beta=0.25, legacy_beta=True,
-                               codebook_dim=0, l2_normalize=False, ema=False, restart_dead=False)
+        return complete_quantizer(QuantizerConfig(kind="vq", embed_dim=embed_dim, options=dict(
+            n_codes=n_codes, beta=0.25, legacy_beta=True, codebook_dim=0, l2_normalize=False, ema=False,
+            restart_dead=False)), where)
     if "quantize.embed.weight" in sd:
         n_codes, embed_dim = _shape(sd, "quantize.embed.weight", where)
         proj = _shape(sd, "quantize.proj.weight", where)
@@ -132,9 +133,10 @@ def _infer_quantizer(sd: dict[str, Tensor], where: str, params: dict[str, Any],
             raise CheckpointError(f"{where}: quantize.proj.weight has shape {proj}, expected "
                                   f"({n_codes}, {embed_dim}, 1, 1) (Gumbel models need embed_dim == "
                                   "z_channels)")
-        # GumbelVQ's default kl_weight is 1e-8; the VQ-only options stay at their defaults.
+        # GumbelVQ's default kl_weight is 1e-8.
         kl_weight = option(params, "kl_weight", config_where, float, 1e-8)
-        return QuantizerConfig(kind="gumbel", n_codes=n_codes, embed_dim=embed_dim, kl_weight=kl_weight)
+        return complete_quantizer(QuantizerConfig(kind="gumbel", embed_dim=embed_dim,
+                                                  options={"n_codes": n_codes, "kl_weight": kl_weight}), where)
     raise CheckpointError(f"{where}: no codebook (quantize.embedding.weight or quantize.embed.weight); "
                           "expected a taming-transformers VQModel or GumbelVQ")
 
@@ -147,7 +149,7 @@ class _Stage1:
     n_labels: int | None  # segmentation models: the `colorize` buffer's label count
 
     def config(self) -> dict[str, Any]:
-        return {"model": dataclasses.asdict(self.model), "quantizer": dataclasses.asdict(self.quantizer)}
+        return {"model": dataclasses.asdict(self.model), "quantizer": quantizer_table(self.quantizer)}
 
 
 def _convert_vqgan(sd: dict[str, Tensor], prefix: str, params: dict[str, Any], config_where: str,

@@ -1,25 +1,27 @@
-"""Quantizers: map a feature map to a grid of codebook indices and back.
+"""Quantizers: map a feature map to a grid of code indices and back.
 
-Every quantizer has the same interface, so the training loop never branches on its kind:
+Every quantizer module (`QuantizerModule`) has the same interface, so the training loop never
+branches on its kind:
 
     quantized, indices, loss, stats = quantizer(z)   # (B, D, h, w), (B, h, w) long, scalar, dict
     quantizer.indices_to_quantized(indices)          # == quantized, bit for bit in eval mode
-    quantizer.set_step(step)                         # schedules (Gumbel temperature); no-op for VQ
+    quantizer.set_step(step)                         # schedules (Gumbel temperature); no-op otherwise
+    quantizer.n_codes, quantizer.embed_dim           # indices are 0..n_codes-1; D = embed_dim
 
 `stats` holds `usage` (fraction of codes used in the last `usage_window` training batches) and
-`perplexity` (exp(entropy) of the code frequencies in the current batch).
+`perplexity` (exp(entropy) of the code frequencies in the current batch); `CodeUsage.observe` keeps both.
 
 Bookkeeping (usage window, EMA statistics, dead-code restarts) changes only in training mode; under
 torch.distributed it is all-reduced / broadcast there, so every rank keeps the same codebook. Eval mode
 issues no collective ops, so it is safe to encode on one rank only.
+
+Which quantizer a recipe gets is the plugin registry's business (`vqtoolkit.quantizers`); the built-in
+kinds register in `builtin_quantizers.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,9 +29,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import in_process_group, sum_over_ranks
-from ..errors import VqtError
 from ..metrics import perplexity
-from ..config import QuantizerConfig
+
+
+class QuantizerModule(nn.Module):
+    """The module every quantizer builds: subclass it, set `n_codes` and `embed_dim`, implement
+    `forward` and `indices_to_quantized` (and `set_step` when something follows a schedule)."""
+
+    n_codes: int  # indices run over 0..n_codes-1: the codes stage 2 models
+    embed_dim: int  # channels D of the maps read and returned
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """z (B, D, h, w) -> (quantized (B, D, h, w), indices (B, h, w) long, loss (scalar), stats)."""
+        raise NotImplementedError
+
+    def indices_to_quantized(self, indices: Tensor) -> Tensor:
+        """(B, h, w) long -> (B, D, h, w): what `forward` returns for these indices in eval mode."""
+        raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """Called before each training step; schedules (a temperature) follow it. Default: nothing."""
 
 
 def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:
@@ -37,7 +56,7 @@ def _grid_lookup(codes: Tensor, indices: Tensor) -> Tensor:
     return codes[indices].permute(0, 3, 1, 2).contiguous()
 
 
-class _CodeUsage(nn.Module):
+class CodeUsage(nn.Module):
     """Per-code age in training batches since last use; saved, so a resumed run restarts codes on time.
 
     A code counts as used if it was picked in one of the last `window` batches; a code is dead once a
@@ -62,8 +81,17 @@ class _CodeUsage(nn.Module):
     def dead(self) -> Tensor:  # (K,) bool
         return (self.age >= self.window) & (self.batches >= self.window)
 
+    def observe(self, indices: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """Count this batch's codes (K,) and return them with the stats every quantizer reports. In
+        training the counts are summed over ranks and advance the window; eval only reads it."""
+        counts = torch.bincount(indices.flatten(), minlength=self.age.numel())
+        if training:
+            counts = sum_over_ranks(counts)
+            self.update(counts)
+        return counts, {"usage": self.usage(), "perplexity": perplexity(counts)}
 
-class VectorQuantizer(nn.Module):
+
+class VectorQuantizer(QuantizerModule):
     """Nearest-neighbour vector quantizer with a straight-through gradient.
 
     Args:
@@ -107,10 +135,7 @@ class VectorQuantizer(nn.Module):
             # their value instead of being divided by ~eps.
             self.register_buffer("ema_count", torch.ones(n_codes))
             self.register_buffer("ema_sum", self.embedding.weight.detach().clone())
-        self.usage_tracker = _CodeUsage(n_codes, usage_window)
-
-    def set_step(self, step: int) -> None:
-        """No schedule to follow; present so every quantizer has the same interface."""
+        self.usage_tracker = CodeUsage(n_codes, usage_window)
 
     def _codebook(self) -> Tensor:  # (K, d) in fp32, normalised when comparing directions
         codes = self.embedding.weight.float()
@@ -147,13 +172,9 @@ class VectorQuantizer(nn.Module):
             # Straight-through: the value is exactly q (x - x == 0), the gradient reaches z_e unchanged.
             q_st = q + (z_e - z_e.detach()).contiguous()
 
-        counts = torch.bincount(indices.flatten(), minlength=self.n_codes)  # (K,)
-        if self.training:
-            counts = sum_over_ranks(counts)
-            self.usage_tracker.update(counts)
-            if self.ema:
-                self._ema_update(flat.detach(), indices.flatten(), counts)
-        stats = {"usage": self.usage_tracker.usage(), "perplexity": perplexity(counts)}
+        counts, stats = self.usage_tracker.observe(indices, self.training)  # (K,)
+        if self.training and self.ema:
+            self._ema_update(flat.detach(), indices.flatten(), counts)
         return self._project(q_st), indices, loss, stats
 
     @torch.no_grad()
@@ -191,7 +212,7 @@ class VectorQuantizer(nn.Module):
         self.usage_tracker.age[dead] = 0
 
 
-class GumbelQuantizer(nn.Module):
+class GumbelQuantizer(QuantizerModule):
     """Gumbel-softmax quantizer, as the reference `GumbelQuantize` (params `proj`, `embed`).
 
     `proj` (1x1 conv, embed_dim -> n_codes) gives logits; training samples a hard one-hot with Gumbel
@@ -221,7 +242,7 @@ class GumbelQuantizer(nn.Module):
         self.temperature = temperature_start
         self.proj = nn.Conv2d(embed_dim, n_codes, 1)
         self.embed = nn.Embedding(n_codes, embed_dim)
-        self.usage_tracker = _CodeUsage(n_codes, usage_window)
+        self.usage_tracker = CodeUsage(n_codes, usage_window)
 
     def set_step(self, step: int) -> None:
         """Set the temperature for training step `step` (cosine annealing, then constant)."""
@@ -252,33 +273,5 @@ class GumbelQuantizer(nn.Module):
                 indices = logits.argmax(dim=1)
                 quantized = self.indices_to_quantized(indices)
 
-        counts = torch.bincount(indices.flatten(), minlength=self.n_codes)
-        if self.training:
-            counts = sum_over_ranks(counts)
-            self.usage_tracker.update(counts)
-        stats = {"usage": self.usage_tracker.usage(), "perplexity": perplexity(counts),
-                 "temperature": torch.tensor(self.temperature)}
-        return quantized, indices, loss, stats
-
-
-_KINDS = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer}
-
-
-def build_quantizer(config: QuantizerConfig) -> nn.Module:
-    """Build the quantizer a recipe's [quantizer] section describes.
-
-    Options that belong to the other kind must stay at their recipe default, so that a misplaced key
-    is an error instead of being silently ignored.
-    """
-    if config.kind not in _KINDS:
-        listed = ", ".join(map(repr, _KINDS))
-        raise VqtError(f"quantizer.kind = {config.kind!r} is unknown: expected one of {listed}")
-    defaults = {f.name: f.default for f in dataclasses.fields(QuantizerConfig)}
-    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "kind"}
-    accepted = set(inspect.signature(_KINDS[config.kind]).parameters)
-    for key in sorted(set(options) - accepted):
-        if options[key] != defaults[key]:
-            owner = next(k for k, cls in _KINDS.items() if key in inspect.signature(cls).parameters)
-            raise VqtError(f"quantizer.{key} = {options[key]!r} only applies to kind {owner!r}, but "
-                           f"quantizer.kind = {config.kind!r}: remove it or set it to {defaults[key]!r}")
-    return _KINDS[config.kind](**{k: v for k, v in options.items() if k in accepted})
+        _, stats = self.usage_tracker.observe(indices, self.training)
+        return quantized, indices, loss, {**stats, "temperature": torch.tensor(self.temperature)}

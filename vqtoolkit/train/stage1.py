@@ -15,6 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..condition_options import complete_recipe, condition_meta
+from ..quantizer_options import complete_recipe_quantizer
 from ..data.recipe import WithCondition, held_out_dataset, training_dataset
 from ..errors import RecipeError
 from ..evaluation import evaluate
@@ -56,7 +57,8 @@ def condition_stage_datasets(recipe: Recipe) -> tuple[Any, Any, Any]:
 def train_stage1(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
                  device: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Train a VQGAN as the recipe says; returns a summary (final step, held-out PSNR, usage)."""
-    recipe = complete_recipe(recipe)  # the run folder and the bundle store every condition option
+    # The run folder and the bundle store every condition and quantizer option.
+    recipe = complete_recipe_quantizer(complete_recipe(recipe))
     cfg = recipe.train
     if recipe.data.size % recipe.model.factor:
         raise RecipeError(f"{recipe.path or 'recipe'}: data.size = {recipe.data.size} is not a multiple of the "

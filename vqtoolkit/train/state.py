@@ -16,6 +16,7 @@ import torch
 
 from ..errors import VqtError
 from ..condition_options import complete_table
+from ..quantizer_options import quantizer_table, read_stored
 from ..recipes import Recipe, recipe_to_dict
 from .run_dir import RunDir
 
@@ -72,6 +73,8 @@ def same_architecture(state: dict[str, Any], recipe: Recipe, run: RunDir, keys: 
         before, after = state["recipe"].get(section), now[section]
         if section == "condition" and before:  # runs from before options were stored in full
             before = complete_table(before, f"the training state in {run.path}")
+        if section == "quantizer" and before:  # runs from before each quantizer declared its options
+            before = quantizer_table(read_stored(before, f"the training state in {run.path}"))
         if name:
             before, after = (before or {}).get(name), after[name]
         if before != after:
