@@ -37,10 +37,11 @@ def tiny_vqgan(model: dict | None = None, quantizer: dict | None = None, seed: i
     """A VQGAN with attention on one of three levels and the default factorized, l2-normalised codebook;
     weights perturbed so that every layer matters."""
     torch.manual_seed(seed)
+    options = {"n_codes": 32, **(quantizer or {})}
     built = Stage1Model.build(
         ModelConfig(**{"ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
                        "z_channels": 16, "resolution": 32, "norm_groups": 8, **(model or {})}),
-        QuantizerConfig(**{"n_codes": 32, "embed_dim": 12, **(quantizer or {})}))
+        QuantizerConfig(kind=options.pop("kind", "vq"), embed_dim=options.pop("embed_dim", 12), options=options))
     with torch.no_grad():
         for p in built.vqgan.parameters():
             p.add_(torch.randn_like(p) * 0.05)
