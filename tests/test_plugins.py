@@ -8,7 +8,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.errors import PluginError
 
 BUILTINS = {"segmentation", "depth", "edge", "pose", "superres", "class", "coordinates"}  # built-in conditions
-BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "shards", "quantizers", "jsonl", "tensorboard"}  # + sources, commands, quantizers, loggers
+BUILTIN_PLUGINS = BUILTINS | {"folders", "synthetic", "taming", "shards", "quantizers", "jsonl", "tensorboard", "export"}  # + sources, commands, quantizers, loggers
 
 NORMALS = """
 from vqtoolkit.conditions import Condition
