@@ -11,13 +11,12 @@ without the webdataset package both say how to install it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from vqtoolkit.data import DataSource
+from vqtoolkit.data import CropOptions, DataSource
 from vqtoolkit.hookspecs import hookimpl
-from vqtoolkit.schema import check_value
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -26,23 +25,12 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class WebDatasetOptions:
+class WebDatasetOptions(CropOptions):
     """The webdataset source's own keys in [data]."""
 
     urls: str = ""  # training shards: paths or URLs with brace patterns ("shards/shard-{000000..000009}.tar"; a::b)
     val_urls: str = ""  # held-out shards, same form (empty: none)
     cache_dir: str = ""  # where remote shards are copied once (empty: ~/.cache/vqtoolkit/shards)
-    crop: Literal["resize", "native"] = "resize"  # resize the smallest side to data.size, or crop at `scale`
-    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
-
-    def __post_init__(self) -> None:
-        check_value(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
-        check_value(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
-                    '1 unless data.crop = "native" (it scales the images native crops are cut from)')
-
-    @property
-    def crop_scale(self) -> float | None:
-        return self.scale if self.crop == "native" else None
 
 
 class WebDatasetSource(DataSource):

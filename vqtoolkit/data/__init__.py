@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"DataSource": "sources", "DataSourceRegistry": "sources", "ImageFolder": "folders",
+_EXPORTS = {"CropOptions": "sources", "DataSource": "sources", "DataSourceRegistry": "sources", "ImageFolder": "folders",
             "PairedFolder": "paired", "crop_like": "folders", "paired_array": "folders",
             "first_readable": "folders", "square_crop": "folders", "paired_crop": "paired"}
 __all__ = list(_EXPORTS)

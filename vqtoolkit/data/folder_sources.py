@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
 from ..schema import check_value
-from .sources import DataSource
+from .sources import CropOptions, DataSource
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -16,24 +16,12 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class FolderOptions:
+class FolderOptions(CropOptions):
     """[data] keys of source = "folder"."""
 
     root: str = ""  # folder of training images (recursive)
     list_file: str = ""  # alternative to `root`: a text file with one image path per line
     val_root: str = ""  # held-out images for sample grids and eval; empty: none
-    crop: Literal["resize", "native"] = "resize"  # resize the smallest side to `size`, or crop at `scale`
-    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
-
-    def __post_init__(self) -> None:
-        check_value(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
-        check_value(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
-                    '1 unless data.crop = "native" (it scales the images native crops are cut from)')
-
-    @property
-    def crop_scale(self) -> float | None:
-        """The scale native crops are cut at, or None when the smallest side is resized to `size`."""
-        return self.scale if self.crop == "native" else None
 
 
 @dataclass(frozen=True)

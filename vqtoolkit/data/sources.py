@@ -8,10 +8,12 @@ exactly as a third-party source does. This module imports no torch, so loading p
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..config import DataConfig
 from ..errors import PluginError
+from ..schema import check_value
 from ..registry import NoOptions, Registry, check_options
 
 if TYPE_CHECKING:
@@ -45,6 +47,24 @@ class DataSource:
         """Images kept out of training (centre crops, fixed), for grids and figures; None when the
         recipe names none. `seed` picks them for sources that generate their data."""
         return None
+
+
+@dataclass(frozen=True)
+class CropOptions:
+    """The crop keys of sources that read image files: subclass it for a source's `Options`."""
+
+    crop: Literal["resize", "native"] = "resize"  # resize the smallest side to `size`, or crop at `scale`
+    scale: float = 1.0  # crop = "native": scale images by this factor first (1 = native resolution)
+
+    def __post_init__(self) -> None:
+        check_value(self.scale > 0, "data.scale", self.scale, "a positive number (1 = native resolution)")
+        check_value(self.scale == 1.0 or self.crop == "native", "data.scale", self.scale,
+                    '1 unless data.crop = "native" (it scales the images native crops are cut from)')
+
+    @property
+    def crop_scale(self) -> float | None:
+        """The scale native crops are cut at, or None when the smallest side is resized to `size`."""
+        return self.scale if self.crop == "native" else None
 
 
 class DataSourceRegistry(Registry[DataSource]):
