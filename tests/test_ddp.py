@@ -31,6 +31,9 @@ def _rank_main(rank: int, world: int, port: int, recipe_path: str, out: str, ove
     torch.set_num_threads(1)
     try:
         train_stage1(load_recipe(recipe_path, overrides), out, resume=resume, device="cpu")
+        # Both ranks are done with every collective before either closes its gloo connections: a rank
+        # that tears them down early can abort the other's gloo threads (SIGABRT, seen in CI).
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
