@@ -35,22 +35,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqtoolkit.errors import VqtError
-from vqtoolkit.models.transformer import GPT, GPTConfig, feed_forward
+from vqtoolkit.models.transformer import GPT, CausalSelfAttention, GPTConfig, feed_forward
 
 IMAGE, GRID, GLOBAL = 0, 1, 2  # what a token is: an image position, a condition-grid token, a global token
 
 
-class LocalAttention(nn.Module):
-    """Multi-head attention under an additive mask; minGPT's projection names."""
-
-    def __init__(self, n_embd: int, n_head: int, attn_pdrop: float, resid_pdrop: float) -> None:
-        super().__init__()
-        self.key = nn.Linear(n_embd, n_embd)
-        self.query = nn.Linear(n_embd, n_embd)
-        self.value = nn.Linear(n_embd, n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.resid_drop = nn.Dropout(resid_pdrop)
-        self.n_head, self.attn_pdrop = n_head, attn_pdrop
+class LocalAttention(CausalSelfAttention):
+    """Multi-head attention under an additive mask: minGPT's projections (the parent's), its own forward."""
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, C) -> queries, keys, values (B, nh, T, hs) each."""
