@@ -8,6 +8,11 @@ crops: a crop of the sky then reads as far, as the same place does in a whole ma
 The range is the item's `full_range` when it has one (synthetic crops of large scenes), else the
 whole paired file's. Files are read by `depth_files`: single-channel data, or the reference's
 float32 packed into RGBA PNGs (D-RIN), chosen by the option `encoding`.
+
+The option `inverse` takes 1/value first: it turns distance into disparity, the convention of the
+MiDaS maps the paper's D-RIN used. Min-max normalised distance squeezes the near half of a ground
+plane into a few percent of the range (distance ~ 1/row below the horizon), where a condition VQGAN
+gives many rows one code; disparity grows linearly down the image, so every row keeps its own value.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from vqtoolkit.conditions import Condition
+from vqtoolkit.errors import DataError
 from vqtoolkit.hookspecs import hookimpl
 
 from ._common import check_channels, check_size, grey_picture, missing, paired
@@ -32,6 +38,7 @@ class DepthOptions:
     single-channel ones (16-bit PNG, float TIFF, .npy)."""
 
     encoding: Literal["auto", "taming-rgba", "plain"] = "auto"
+    inverse: bool = False  # 1/value before normalising: distance maps become disparity (MiDaS's convention)
 
 
 def normalise(depth: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
@@ -42,6 +49,15 @@ def normalise(depth: torch.Tensor, value_range: tuple[float, float] | None = Non
     if float(hi - lo) < 1e-8:
         return torch.zeros(1, *depth.shape)
     return ((depth - lo) / (hi - lo) * 2 - 1)[None]  # (1, H, W)
+
+
+def invert(depth: np.ndarray, where: str) -> np.ndarray:
+    """1/depth, refusing maps with values <= 0 (no distance has an inverse there)."""
+    low = float(depth.min())
+    if low <= 0:
+        raise DataError(f"{where}: condition.inverse = true needs depth > 0 everywhere, got a minimum of {low:g} "
+                        "(set inverse = false for maps that are already disparity, or mask invalid pixels)")
+    return (1.0 / depth).astype(np.float32)
 
 
 class DepthCondition(Condition):
@@ -66,19 +82,27 @@ class DepthCondition(Condition):
             raise missing(item, self.name, "depth")
         full = item.get("full_range", {}).get(self.name)
         value_range = tuple(float(v) for v in full) if full is not None else (ranges[0] if ranges else None)
-        return normalise(torch.from_numpy(np.asarray(depth)), value_range)
+        depth = np.asarray(depth, dtype=np.float32)
+        if options.inverse:
+            where = str(item.get("name", "item"))
+            depth = invert(depth, where)
+            if value_range is not None:
+                lo, hi = invert(np.asarray(value_range, np.float32), f"{where}: its depth range")
+                value_range = (float(hi), float(lo))
+        return normalise(torch.from_numpy(depth), value_range)
 
     def read(self, spec: str, size: tuple[int, int], options: DepthOptions) -> torch.Tensor:
         """A depth map: 16-bit PNG, float TIFF, .npy (H, W) or taming's packed RGBA PNG, of exactly the
         sample size."""
         depth = read_depth(spec, options.encoding)
         check_size(depth.shape, size, spec, "depth map")
-        return normalise(torch.from_numpy(depth))
+        return normalise(torch.from_numpy(invert(depth, spec) if options.inverse else depth))
 
     def render(self, raw: torch.Tensor, options: DepthOptions) -> np.ndarray:
-        """Small values bright: near = bright for distance maps such as the synthetic scenes'."""
+        """Near bright: small values bright for distance maps such as the synthetic scenes', large
+        ones with `inverse` (disparity)."""
         check_channels(raw, 1, self.name)
-        return grey_picture((1 - raw[0]) / 2)
+        return grey_picture((1 + raw[0]) / 2 if options.inverse else (1 - raw[0]) / 2)
 
 
 @hookimpl

@@ -273,14 +273,31 @@ def test_synthetic_whole_scene_depth_range_is_the_maps():
     assert item["full_range"]["depth"].tolist() == [float(depth.min()), float(depth.max())]
 
 
+def test_synthetic_object_crops_centre_crops_on_objects():
+    """data.object_crops: that fraction of crops lies on an object; the rest are the uniform crops."""
+    def object_share(p: float) -> list[float]:
+        ds = SyntheticScenes(24, 32, seed=4, train=False, scene_size=(144, 256), object_crops=p)
+        return [float((ds[k]["paired"]["segmentation"] >= 2).mean()) for k in range(24)]
+
+    uniform, centred = object_share(0.0), object_share(1.0)
+    assert sum(s > 0 for s in centred) >= 22 > sum(s > 0 for s in uniform) + 6  # nearly every crop shows one
+    assert np.mean(centred) > 3 * np.mean(uniform)
+    half = object_share(0.5)
+    assert 6 <= sum(a == b for a, b in zip(half, uniform)) <= 20  # the others keep their uniform crop
+    assert half == object_share(0.5)  # held-out crops stay fixed
+    with pytest.raises(DataError, match="object_crops"):
+        SyntheticScenes(2, 32, object_crops=0.5)  # needs a scene size to crop from
+
+
 def test_synthetic_source_passes_scene_size_and_world():
     data = data_of(source="synthetic", size=32, n=2, val_n=3, scene_size=[128, 72], world="graded",
-                      scene_scale=[0.5, 1.0])
+                   scene_scale=[0.5, 1.0], object_crops=0.25)
     source = get_data_source("synthetic")
     train = source.dataset(*data, channels=3, augment=True, seed=1)
     held = source.held_out(*data, channels=3, seed=5)
     assert train.scene_size == held.scene_size == (72, 128) and train.world == held.world == "graded"
     assert train.scene_scale == held.scene_scale == (0.5, 1.0)
+    assert (train.object_crops, held.object_crops) == (0.25, 0.0)  # held-out crops stay uniform
     assert len(held) == 3 and not held.train
 
 

@@ -84,6 +84,26 @@ def test_depth_crops_are_normalised_by_their_whole_map(paired_root):
     assert scene.depth.shape == (30, 40)
 
 
+def test_inverse_depth_is_disparity_in_the_whole_maps_range(paired_root, tmp_path):
+    """condition.inverse: 1/depth, normalised by the whole map's range as without it, so a ground
+    plane's near rows (distance ~ 1/row) keep distinct values; near shows bright; depth <= 0 is refused."""
+    c, _ = cond("depth")
+    o = c.Options(inverse=True)
+    crops = SyntheticScenes(4, 32, seed=1, train=False, scene_size=(72, 128))
+    for k in range(4):
+        it = crops[k]
+        disparity = 1 / torch.from_numpy(it["paired"]["depth"])
+        expected = (disparity - 1 / SKY_DEPTH) / (1 / NEAR_DEPTH - 1 / SKY_DEPTH) * 2 - 1
+        assert torch.allclose(c.from_item(it, o)[0], expected, atol=1e-5)
+    whole = c.read(str(paired_root / "depth" / "cats" / "s0.npy"), (30, 40), o)
+    plain = c.read(str(paired_root / "depth" / "cats" / "s0.npy"), (30, 40), c.Options())
+    assert torch.equal(whole.argmax(), plain.argmin())  # the nearest pixel is now the largest
+    assert c.render(whole, o)[..., 0].flat[int(plain.argmin())] == 255  # and shows bright, as near does without it
+    np.save(tmp_path / "zero.npy", np.zeros((30, 40), np.float32))
+    with pytest.raises(DataError, match=r"zero.npy: condition.inverse = true needs depth > 0"):
+        c.read(str(tmp_path / "zero.npy"), (30, 40), o)
+
+
 def test_paired_pose_follows_crop_and_flip(paired_root):
     """Keypoints drawn through the item's crop equal a cut of the full-size drawing; a flipped crop
     equals a cut of the flipped scene's (left and right swapped, as the synthetic scenes do)."""

@@ -130,6 +130,9 @@ def test_native_crop_options():
                                                          r"of 'folder' \(data.source = \"folder\"\)"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024]}, r"expected \[width, height\]"),
         ({"source": "synthetic", "size": 64, "scene_scale": [0.5, 1]}, r"with data.scene_size set"),
+        ({"source": "synthetic", "size": 64, "object_crops": 0.5}, r"above 0 only with data.scene_size set"),
+        ({"source": "synthetic", "size": 64, "scene_size": [1024, 576], "object_crops": 1.5},
+         r"data.object_crops = 1.5 is invalid: expected a fraction in \[0, 1\]"),
         ({"source": "synthetic", "size": 64, "scene_size": [1024, 576], "scene_scale": [0.5, 2]},
          r"data.scene_scale = \[0.5, 2.0\] is invalid: expected \[lo, hi\] with 0 < lo <= hi <= 1"),
         ({"source": "folder", "images": "x"}, r"data.images is a key of data source paired"),
@@ -149,7 +152,7 @@ def test_a_scene_smaller_than_the_crops_is_refused_when_the_data_is_built():
 
 def test_each_source_checks_its_own_keys(tmp_path):
     with pytest.raises(RecipeError, match=r"r.toml: unknown key 'data.nn' for data source 'synthetic'; did you mean "
-                                          r"'n'\? \(its keys: n, val_n, scene_size, scene_scale, world; every "
+                                          r"'n'\? \(its keys: n, val_n, scene_size, scene_scale, world, object_crops; every "
                                           r"source's: source, size, num_workers, strict, tokens\)"):
         load_recipe(write(tmp_path / "r.toml", "[data]\nsource = 'synthetic'\nnn = 3\n"))
     with pytest.raises(RecipeError, match=r"data.n = 'many' has the wrong type: expected an integer"):

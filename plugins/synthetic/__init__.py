@@ -32,6 +32,7 @@ class SyntheticOptions:
     scene_size: tuple[int, ...] = ()  # [width, height] of the scenes `size` crops are cut from (empty: scenes of `size`)
     scene_scale: tuple[float, ...] = ()  # [lo, hi]: each crop's scene is scene_size times a log-uniform factor in it (empty: 1)
     world: Literal["random", "graded"] = "random"  # random colours, or appearance graded by depth and height
+    object_crops: float = 0.0  # with scene_size: the fraction of training crops centred on an object (held-out crops stay uniform)
 
     def __post_init__(self) -> None:
         check_value(self.n >= 1, "data.n", self.n, "an integer >= 1")
@@ -41,6 +42,8 @@ class SyntheticOptions:
         check_value(not self.scene_scale or (self.scene_size and len(self.scene_scale) == 2
                                              and 0 < self.scene_scale[0] <= self.scene_scale[1] <= 1),
                     "data.scene_scale", list(self.scene_scale), "[lo, hi] with 0 < lo <= hi <= 1, with data.scene_size set")
+        check_value(0.0 <= self.object_crops <= 1.0 and (self.object_crops == 0.0 or bool(self.scene_size)),
+                    "data.object_crops", self.object_crops, "a fraction in [0, 1], above 0 only with data.scene_size set")
 
     @property
     def scene_hw(self) -> tuple[int, int] | None:
@@ -51,24 +54,27 @@ class SyntheticOptions:
 class SyntheticSource(DataSource):
     name = "synthetic"
     description = ("Procedural scenes with exact depth, segmentation, pose and class: data.n, data.val_n, "
-                   "data.scene_size, data.scene_scale, data.world.")
+                   "data.scene_size, data.scene_scale, data.world, data.object_crops.")
     Options = SyntheticOptions
 
     def dataset(self, data: DataConfig, options: SyntheticOptions, *, channels: int, augment: bool,
                 seed: int) -> Dataset:
-        return _scenes(data, options, options.n, seed=seed, train=augment, channels=channels)
+        return _scenes(data, options, options.n, seed=seed, train=augment, channels=channels,
+                       object_crops=options.object_crops)
 
     def held_out(self, data: DataConfig, options: SyntheticOptions, *, channels: int, seed: int) -> Dataset | None:
-        return _scenes(data, options, max(options.val_n, 1), seed=seed, train=False, channels=channels)
+        return _scenes(data, options, max(options.val_n, 1), seed=seed, train=False, channels=channels, object_crops=0.0)
 
 
-def _scenes(data: DataConfig, options: SyntheticOptions, n: int, *, seed: int, train: bool, channels: int) -> Dataset:
+def _scenes(data: DataConfig, options: SyntheticOptions, n: int, *, seed: int, train: bool, channels: int,
+            object_crops: float) -> Dataset:
     from .dataset import SyntheticScenes
 
     check_value(not options.scene_size or min(options.scene_size) >= data.size, "data.scene_size",
                 list(options.scene_size), f"[width, height], each >= data.size ({data.size})")
     return SyntheticScenes(n, data.size, seed=seed, train=train, channels=channels, scene_size=options.scene_hw,
-                           scene_scale=tuple(options.scene_scale) or None, world=options.world)
+                           scene_scale=tuple(options.scene_scale) or None, world=options.world,
+                           object_crops=object_crops)
 
 
 @click.command("scene")
