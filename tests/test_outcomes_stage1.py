@@ -40,7 +40,7 @@ def vqt(*args: str) -> str:
 
 
 def train(folder: Path, steps: int = STEPS) -> Path:
-    overrides = ["data.size=32", "data.scene_size=[]", "data.scene_scale=[]", "data.world=random",  # as `vqt eval synthetic`
+    overrides = ["data.size=32", "data.scene_size=[]", "data.scene_scale=[]", "data.object_crops=0", "data.world=random",  # as `vqt eval synthetic`
                  "data.n=1024", "data.val_n=4", "model.resolution=32", "model.encode_tile=0", "loss.disc_start=100000",
                  f"train.max_steps={steps}", "train.checkpoint_every=1000", "train.sample_every=1000",
                  "train.log_every=1000"]
