@@ -18,7 +18,6 @@ from vqtoolkit.sampling_local import ConditionRows, RollingCache, null_condition
 from vqtoolkit.stage1 import Stage1Model
 from vqtoolkit.stage2 import ConditionSpec, Stage2Model
 
-from .conftest import write
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,34 +184,9 @@ def test_class_guidance_through_the_model(first):
     assert torch.equal(codes, expected)
 
 
-RECIPE = """
-[data]
-source = "synthetic"
-size = 32
-n = 8
-val_n = 2
-num_workers = 0
-
-[transformer]
-first_stage = "{first}"
-n_layer = 1
-n_head = 2
-n_embd = 16
-window = 4
-attention = "local"
-neighbourhood = [1, 2]
-
-[train]
-max_steps = 2
-batch_size = 2
-checkpoint_every = 2
-sample_every = 2
-"""
-
-
-def test_train_and_sample_through_the_command_line(first, tmp_path):
+def test_train_and_sample_through_the_command_line(first, tiny_stage2, tmp_path):
     first.save(tmp_path / "vqgan.safetensors")
-    recipe = write(tmp_path / "local.toml", RECIPE.format(first=tmp_path / "vqgan.safetensors"))
+    recipe = tiny_stage2(tmp_path / "local.toml", tmp_path / "vqgan.safetensors", attention="local", neighbourhood=[1, 2])
     result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     bundle = tmp_path / "run" / "last.safetensors"
