@@ -6,6 +6,7 @@ the rolling cache must reproduce it token for token at sizes beyond the training
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 from vqtoolkit.cli import cli
@@ -93,6 +94,32 @@ def test_training_loss_reads_the_crop_as_the_dense_forward():
     assert torch.isfinite(image_loss(logits, image, 16))
     with pytest.raises(VqtError, match="4x4 crop"):
         gpt(torch.randint(VOCAB, (1, 20)))
+
+
+def test_relative_positions_are_learnt_within_a_short_run():
+    """Every row repeats the first, so only the offset of the code above tells which neighbour to copy.
+    Adam moves a parameter by about lr a step: unscaled biases (BIAS_SCALE = 1) stay under 0.3 logits
+    in these 100 steps and the loss on the copied rows stays near 1.1 nats; scaled, it falls to ~0.04."""
+    torch.manual_seed(1)
+    config = GPTConfig(VOCAB, 1 + WINDOW * WINDOW, 1, 1, 32, attention="local", neighbourhood=(1, 4))
+    gpt = LocalGPT(config, WINDOW, grid_condition=False)
+    opt = gpt.configure_optimizer(3e-3, 0.0)
+    g = torch.Generator().manual_seed(1)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = torch.randint(VOCAB, (n, 1, WINDOW), generator=g).expand(n, WINDOW, WINDOW).flatten(1)
+        return torch.cat([torch.zeros(n, 1, dtype=torch.long), crops], dim=1)[:, :-1], crops
+
+    for _ in range(100):
+        idx, crops = batch(32)
+        loss = image_loss(gpt(idx), crops, 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    idx, crops = batch(256)
+    with torch.no_grad():
+        copied = gpt(idx)[:, WINDOW:]  # with one prefix token, logit k predicts code k: rows 1..
+    assert F.cross_entropy(copied.reshape(-1, VOCAB), crops[:, WINDOW:].reshape(-1)) < 0.2
 
 
 # (b) the rolling cache is the dense forward, token for token -------------------------------------
