@@ -213,7 +213,8 @@ def test_class_guidance_through_the_model(first):
 
 def test_train_and_sample_through_the_command_line(first, tiny_stage2, tmp_path):
     first.save(tmp_path / "vqgan.safetensors")
-    recipe = tiny_stage2(tmp_path / "local.toml", tmp_path / "vqgan.safetensors", attention="local", neighbourhood=[1, 2])
+    recipe = tiny_stage2(tmp_path / "local.toml", tmp_path / "vqgan.safetensors", attention="local",
+                         neighbourhood=[1, 2])
     result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     bundle = tmp_path / "run" / "last.safetensors"

@@ -15,6 +15,7 @@ from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
 from .conftest import logged
 
+
 @pytest.fixture(scope="module")
 def first_stage(tmp_path_factory):
     """A random tiny VQGAN with f = 4 (32 px images -> 8x8 codes)."""
