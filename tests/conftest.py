@@ -107,6 +107,48 @@ def fast_compile(monkeypatch):
     torch._dynamo.reset()
 
 
+TINY_STAGE2 = """
+[data]
+source = "synthetic"
+size = 32
+n = 16
+val_n = 2
+num_workers = 0
+
+[transformer]
+first_stage = "{first}"
+n_layer = 1
+n_head = 2
+n_embd = 32
+window = 4
+{transformer}
+[train]
+max_steps = 3
+batch_size = 4
+base_learning_rate = 1e-4
+checkpoint_every = 3
+sample_every = 3
+log_every = 1
+
+[sample]
+n = 2
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2():
+    """Writes the tiny stage-2 recipe (one layer, 4x4 window, 3 steps on 32 px synthetic images) over a
+    first-stage bundle: ``tiny_stage2(path, first_stage, attention="local", ...)``; keyword arguments
+    are added to its [transformer] table. Session-scoped so module fixtures can train with it."""
+    import json
+
+    def make(path: Path, first_stage: Path, **transformer) -> Path:
+        keys = "".join(f"{key} = {json.dumps(value)}\n" for key, value in transformer.items())
+        return write(path, TINY_STAGE2.format(first=first_stage, transformer=keys))
+
+    return make
+
+
 def logged(run_folder: Path, *keys: str) -> list[tuple]:
     """(step, *values) of every metrics.jsonl record that has all `keys`."""
     import json

@@ -13,34 +13,7 @@ from vqtoolkit.cli import cli
 from vqtoolkit.stage2 import Stage2Model
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 
-from .conftest import logged, write
-
-STAGE2 = """
-[data]
-source = "synthetic"
-size = 32
-n = 16
-val_n = 2
-num_workers = 0
-
-[transformer]
-first_stage = "{first}"
-n_layer = 1
-n_head = 2
-n_embd = 32
-window = 4
-
-[train]
-max_steps = 3
-batch_size = 4
-base_learning_rate = 1e-4
-checkpoint_every = 3
-sample_every = 3
-log_every = 1
-
-[sample]
-n = 2
-"""
+from .conftest import logged
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +29,9 @@ def first_stage(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(first_stage, tmp_path_factory):
+def trained(first_stage, tiny_stage2, tmp_path_factory):
     folder = tmp_path_factory.mktemp("stage2")
-    recipe = write(folder / "tiny2.toml", STAGE2.format(first=first_stage))
+    recipe = tiny_stage2(folder / "tiny2.toml", first_stage)
     result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(folder / "run")])
     assert result.exit_code == 0, result.output
     return folder
@@ -74,8 +47,8 @@ def test_train_stage2_writes_bundle_and_samples(trained):
     assert model.window == 4 and model.gpt.block_size == 1 + 16 and model.condition is None
 
 
-def test_compiled_training_matches_eager(first_stage, tmp_path, fast_compile):
-    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+def test_compiled_training_matches_eager(first_stage, tiny_stage2, tmp_path, fast_compile):
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
     for name, extra in (("eager", []), ("compiled", ["--set", "train.compile=true"])):
         result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
@@ -84,11 +57,11 @@ def test_compiled_training_matches_eager(first_stage, tmp_path, fast_compile):
     assert len(eager) == 3 and sum(compiled, ()) == pytest.approx(sum(eager, ()), rel=1e-5)
 
 
-def test_bf16_autocast_on_cpu(first_stage, tmp_path, monkeypatch):
+def test_bf16_autocast_on_cpu(first_stage, tiny_stage2, tmp_path, monkeypatch):
     from vqtoolkit.train import runtime
 
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # without it, bf16 is emulated: same numbers
-    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
     for precision in ("fp32", "bf16"):
         result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / precision),
                                           "--set", f"train.precision={precision}"])
@@ -97,8 +70,8 @@ def test_bf16_autocast_on_cpu(first_stage, tmp_path, monkeypatch):
     assert sum(bf16, ()) == pytest.approx(sum(fp32, ()), rel=0.02)  # bf16 rounding, same training
 
 
-def test_resume_refuses_a_new_architecture_but_takes_new_training_settings(first_stage, tmp_path):
-    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+def test_resume_refuses_a_new_architecture_but_takes_new_training_settings(first_stage, tiny_stage2, tmp_path):
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
     out = tmp_path / "run"
 
     def train(*sets: str, resume: bool = True):
@@ -151,8 +124,8 @@ def test_stage1_bundle_is_not_a_stage2_model(first_stage, tmp_path):
     assert result.exit_code == 1 and "is a stage1 bundle; this command needs a stage-2" in result.output
 
 
-def test_tokenize_then_train_on_shards(first_stage, tmp_path):
-    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+def test_tokenize_then_train_on_shards(first_stage, tiny_stage2, tmp_path):
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
     shards = tmp_path / "tokens"
     result = CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards), "--batch-size", "5"])
     assert result.exit_code == 0, result.output
@@ -167,8 +140,8 @@ def test_tokenize_then_train_on_shards(first_stage, tmp_path):
     assert again.exit_code == 1 and "already holds finished token shards" in again.output
 
 
-def test_shards_from_another_first_stage_are_refused(first_stage, tmp_path):
-    recipe = write(tmp_path / "tiny2.toml", STAGE2.format(first=first_stage))
+def test_shards_from_another_first_stage_are_refused(first_stage, tiny_stage2, tmp_path):
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
     shards = tmp_path / "tokens"
     assert CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards)]).exit_code == 0
     other = Stage1Model.load(first_stage)

@@ -17,9 +17,10 @@ attends, with neighbourhood (h, w) and a = w // 2:
     neighbourhood and do not depend on the image, so they are computed once per image;
   - every token of a global condition (class; the start token of an unconditional model), which
     attend to each other.
-Scores get a learned bias per layer, head and (dy, dx) offset; there are no absolute positions, so a
-token's keys and values depend only on what lies before it in raster order within its receptive
-field, never on the image size: cached entries stay valid for every later token.
+Scores get a learned bias per layer, head and (dy, dx) offset (scaled: see `LocalGPT.tables`); there
+are no absolute positions, so a token's keys and values depend only on what lies before it in raster
+order within its receptive field, never on the image size: cached entries stay valid for every later
+token.
 
 Training and `vqt eval` call the model as minGPT: ``gpt(cat(prefix, image)[:, :-1])`` on a
 window x window crop, with logits from position P - 1 on predicting the image (`image_loss`); the
@@ -38,6 +39,7 @@ from vqtoolkit.errors import VqtError
 from vqtoolkit.models.transformer import GPT, CausalSelfAttention, GPTConfig, feed_forward
 
 IMAGE, GRID, GLOBAL = 0, 1, 2  # what a token is: an image position, a condition-grid token, a global token
+BIAS_SCALE = 16.0  # the bias parameters hold logits / BIAS_SCALE, so Adam can move them fast enough (`tables`)
 
 
 class LocalAttention(CausalSelfAttention):
@@ -110,12 +112,19 @@ class LocalGPT(nn.Module):
     # ---- the mask -----------------------------------------------------------------------------
 
     def tables(self) -> torch.Tensor:
-        """Every layer's bias entries (L, nh, K); index K - 1 is a constant 0 (global tokens)."""
+        """Every layer's bias entries in logits (L, nh, K); index K - 1 is a constant 0 (global tokens).
+
+        The parameters are scaled by BIAS_SCALE because Adam moves a parameter by about lr per step
+        whatever its gradient: unscaled, a bias reaches at most lr × steps (0.47 after the demo's 1000
+        steps at 4.8e-4), attention stays nearly uniform over the neighbourhood, and a larger
+        neighbourhood only dilutes it. minGPT's positions pass through embeddings and the query/key
+        projections, whose products grow much faster. Scaled, a bias can reach the ~6 logits that
+        single out one code among ~70 (the one above, say) within such a budget."""
         parts = [self.bias_image]
         if self.grid_condition:
             parts += [self.bias_cond, self.bias_cond_self]
         zero = self.bias_image.new_zeros(self.n_layer, self.n_head, 1)
-        return torch.cat(parts + [zero], dim=-1)
+        return BIAS_SCALE * torch.cat(parts + [zero], dim=-1)
 
     def neighbourhood(self, q_yx: torch.Tensor, q_kind: torch.Tensor, k_yx: torch.Tensor,
                       k_kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
