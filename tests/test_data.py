@@ -12,7 +12,7 @@ from vqtoolkit.plugins import get_data_source
 from vqtoolkit.recipes import recipe_from_dict
 from vqtoolkit.images import to_tensor
 from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
-from vqtoolkit_plugins.synthetic.render import PERSON, flip_pose, render_scene
+from vqtoolkit_plugins.synthetic.render import NEAR_DEPTH, PERSON, SKY_DEPTH, flip_pose, render_scene
 
 
 def data_of(**table):
@@ -220,7 +220,7 @@ def test_synthetic_native_crops_of_large_scenes():
         paired = item["paired"]
         np.testing.assert_array_equal(paired["depth"], scene.depth[t:t + 32, l:l + 32])
         np.testing.assert_array_equal(paired["segmentation"], scene.segmentation[t:t + 32, l:l + 32])
-        assert item["full_range"]["depth"].tolist() == pytest.approx([0.1, 1.0])
+        assert item["full_range"]["depth"].tolist() == pytest.approx([NEAR_DEPTH, SKY_DEPTH])
         for x, y, v in paired["pose"].tolist():  # keypoints in crop pixels
             if v == 2:
                 assert paired["segmentation"][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))] == PERSON

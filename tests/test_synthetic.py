@@ -10,6 +10,7 @@ from vqtoolkit_plugins.synthetic.render import (
     COCO_KEYPOINTS,
     COCO_SKELETON,
     DISC,
+    FAR_GROUND_DEPTH,
     GROUND,
     LABEL_NAMES,
     N_CLASSES,
@@ -56,7 +57,7 @@ def test_shapes_dtypes_ranges(scenes):
     assert not s.image.flags.writeable
     for s in scenes:
         assert 0 <= s.segmentation.min() and s.segmentation.max() < N_LABELS
-        assert 0.1 - 1e-6 <= s.depth.min() and s.depth.max() <= 1.0
+        assert 0.1 - 1e-6 <= s.depth.min() and s.depth.max() <= SKY_DEPTH
         assert 0 <= s.label < N_CLASSES
         assert set(np.unique(s.pose[:, 2])) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match="at least 8x8"):
@@ -74,7 +75,7 @@ def test_varied(scenes):
 def test_sky_and_ground(scenes):
     for s in scenes:
         sky, ground = s.segmentation == SKY, s.segmentation == GROUND
-        assert (s.depth[sky] == 1.0).all() and (s.depth[ground] < 1.0).all()
+        assert (s.depth[sky] == SKY_DEPTH).all() and (s.depth[ground] <= FAR_GROUND_DEPTH).all()
         # sky is on top: every sky row is above every ground row
         assert np.nonzero(sky)[0].max() < np.nonzero(ground)[0].min()
         # the ground recedes: farther up the image, farther away

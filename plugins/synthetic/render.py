@@ -51,7 +51,8 @@ COCO_FLIP_INDEX = tuple(
 )
 """After a horizontal flip, keypoint i takes the values of keypoint COCO_FLIP_INDEX[i]."""
 
-SKY_DEPTH = 1.0
+SKY_DEPTH = 4.0  # far beyond the farthest ground: the sky is at infinity, and at 1.0 its disparity (1/depth) was
+# within 2 % of the horizon's ground, so a depth condition could not tell sky from far ground (false horizons)
 NEAR_DEPTH = 0.1  # ground depth at the bottom row
 FAR_GROUND_DEPTH = 0.98  # ground depth cap near the horizon, so the sky is always the farthest
 
