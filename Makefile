@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 # it against the unconditional one. Outputs: runs/ (models, metrics, curves, grids) and demo/.
 demo: $(BIN)/.installed
 	$(BIN)/vqt train-stage1 recipes/quickstart.toml --force
-	$(BIN)/vqt eval recipes/quickstart.toml --model runs/quickstart/last.safetensors --force
+	$(BIN)/vqt eval recipes/quickstart.toml --model runs/quickstart/last.safetensors --n 256 --force
 	$(BIN)/vqt train-stage1 recipes/quickstart-depth-stage.toml --force
 	$(BIN)/vqt tokenize recipes/quickstart-stage2-local.toml --out runs/quickstart-tokens --force
 	$(BIN)/vqt train-stage2 recipes/quickstart-stage2-local.toml --force
