@@ -138,12 +138,12 @@ def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):
     from vqtoolkit.models.transformer import GPT, GPTConfig
 
     torch.manual_seed(0)
-    first = Stage1Model.build(  # f = 8, so the README's 1024x576 sample is 128x72 codes
+    first = Stage1Model.build(  # f = 8 (the demo has 4), so the README's 1024x576 sample is a quick 128x72 codes
         ModelConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
                     resolution=64), QuantizerConfig(embed_dim=8, options={"n_codes": 32}))
     first.save(tmp_path / "runs" / "quickstart" / "last.safetensors")
     Stage2Model(first, GPT(GPTConfig(32, 1 + 64, 1, 2, 16)), 8, None).save(
-        tmp_path / "runs" / "quickstart-stage2" / "last.safetensors")
+        tmp_path / "runs" / "quickstart-stage2-local" / "last.safetensors")
     monkeypatch.chdir(tmp_path)
     snippet = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     namespace: dict = {}

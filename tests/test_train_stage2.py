@@ -132,7 +132,7 @@ def test_tokenize_then_train_on_shards(first_stage, tiny_stage2, tmp_path):
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["complete"] and manifest["count"] == 16 and manifest["grid"] == [8, 8]
     assert manifest["data"] == {"source": "synthetic", "size": 32, "n": 16, "val_n": 2, "scene_size": [], "scene_scale": [],
-                                "world": "random"}  # what the shards were cut from, every option in full
+                                "world": "random", "object_crops": 0.0}  # what the shards were cut from, every option in full
     result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run"),
                                       "--set", f"data.tokens='{shards}'"])
     assert result.exit_code == 0, result.output
