@@ -327,7 +327,7 @@ class Stage2Model:
         Local-attention models sample every size with their rolling cache and refuse `window_stride`."""
         grid = self.check_size(*size)
         stride = self._stride(window_stride)
-        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_codes=self.first_stage.n_codes)
 
         def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
                  guidance: Guidance) -> torch.Tensor:
@@ -360,7 +360,7 @@ class Stage2Model:
         codes = self.first_stage.encode(image[None])[0]  # (h, w)
         keep, resample = place(codes, None if mask is None else code_mask(mask, self.factor), grid, anchor)
         stride = self._stride(window_stride)
-        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_codes=self.first_stage.n_codes)
 
         def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
                  guidance: Guidance) -> torch.Tensor:
