@@ -33,10 +33,12 @@ from click.testing import CliRunner
 from vqtoolkit.api import Stage1Model
 from vqtoolkit.cli import cli
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
+from vqtoolkit.stage2 import Stage2Model
 from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart-superres.toml"
 GAIN_THRESHOLD = 0.3  # bits per token; see the module docstring
+GUIDANCE_RATIO = 1.3  # guided over unguided agreement; see test_guidance_makes_samples_follow_their_condition
 SEED = 23
 N_CODES = 32
 
@@ -76,15 +78,16 @@ def kmeans_vqgan(path: Path) -> Path:
     return path
 
 
-def train_superres(folder: Path, seed: int = SEED) -> Path:
-    """Tokenize 256 scenes, train a 1-layer GPT for 200 steps on them; the bundle's path."""
+def train_superres(folder: Path, seed: int = SEED, dropout: float = 0.0) -> Path:
+    """Tokenize 256 scenes, train a 1-layer GPT for 200 steps on them; the bundle's path. `dropout`:
+    condition.dropout, for classifier-free guidance."""
     vq = kmeans_vqgan(folder / "vqgan.safetensors")
     common = ["data.size=32", "data.world=random", "data.n=256", "data.val_n=2", "data.num_workers=0", f"train.seed={seed}",
               f"transformer.first_stage={vq}", "transformer.window=4",
               f"condition.stage={vq}", "condition.factor=2"]  # x2: 16x16 px low-resolution scenes
     vqt("tokenize", str(RECIPE), "--out", str(folder / "tokens"), "--device", "cpu", *sets(common))
     vqt("train-stage2", str(RECIPE), "--out", str(folder / "run"), "--device", "cpu", *sets(common + [
-        f"data.tokens={folder / 'tokens'}", "sample.n=1",
+        f"data.tokens={folder / 'tokens'}", "sample.n=1", f"condition.dropout={dropout}",
         "transformer.n_layer=1", "transformer.n_head=2", "transformer.n_embd=64", "transformer.warmup_steps=10",
         "train.max_steps=200", "train.batch_size=32", "train.base_learning_rate=6e-5",  # lr 1.9e-3
         "train.checkpoint_every=1000", "train.sample_every=1000", "train.log_every=1000"]))
@@ -103,3 +106,22 @@ def test_superres_model_reads_its_condition(tmp_path):
     assert figures["condition"] == "superres" and figures["n"] == 64
     assert figures["bits_per_token"] < 5.0  # below the uniform log2(32): it learned the codes
     assert figures["gain_bits"] > GAIN_THRESHOLD, figures
+
+
+def test_guidance_makes_samples_follow_their_condition(tmp_path):
+    """condition.dropout = 0.2, then `--cfg-scale 5` against 1: with the same seeds, the codes sampled
+    for 32 held-out scenes must match the codes of the images their low-resolution inputs came from
+    more often, by GUIDANCE_RATIO. Measured (train.seed 23 and 1): 0.076 and 0.087 of the codes at
+    scale 1; 0.107 and 0.129 at 3; 0.120 and 0.166 at 5 (1.58x and 1.91x)."""
+    model = Stage2Model.load(train_superres(tmp_path, dropout=0.2))
+    scenes = SyntheticScenes(32, 32, seed=7, train=False, world="random")
+    agree = {}
+    for scale in (1.0, 5.0):
+        hits = 0.0
+        for k in range(len(scenes)):
+            item = scenes[k]
+            truth = model.first_stage.encode(item["image"][None])
+            _, codes = model.sample(1, (32, 32), cond=model.condition.from_item(item), seed=k, cfg_scale=scale)
+            hits += (codes == truth).float().mean().item()
+        agree[scale] = hits / len(scenes)
+    assert agree[5.0] > GUIDANCE_RATIO * agree[1.0], agree

@@ -36,15 +36,15 @@ def complete_recipe(recipe: Recipe) -> Recipe:
 
 
 def complete_table(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """A stored [condition] table (`name`, `stage` and the plugin's keys, as in a run's training
-    state) with every option filled in, so that a run started before options were stored in full
+    """A stored [condition] table (`name`, `stage`, `dropout` and the plugin's keys, as in a run's
+    training state) with every option filled in, so that a run started before options were stored in full
     compares equal to the same recipe now."""
     name = table.get("name", "")
+    core = {"name": name, "stage": table.get("stage", ""), "dropout": table.get("dropout", 0.0)}
+    raw = {k: v for k, v in table.items() if k not in core}
     if not name:
-        return table
-    raw = {k: v for k, v in table.items() if k not in ("name", "stage")}
-    options = get_condition(name).parse_options(raw, where)
-    return {"name": name, "stage": table.get("stage", ""), **option_values(options)}
+        return {**core, **raw}
+    return {**core, **option_values(get_condition(name).parse_options(raw, where))}
 
 
 def condition_meta(condition: Condition, options: Any) -> dict[str, Any]:

@@ -122,7 +122,11 @@ class ConditionConfig:
 
     name: str = ""  # empty: unconditional
     stage: str = ""  # path of the condition stage's VQGAN bundle, for conditions that need one
+    dropout: float = 0.0  # probability of training on "no condition" instead of the grid (vqt sample --cfg-scale)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dropout < 1.0, "condition.dropout", self.dropout, "a number in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def sample_masked(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    n_codes: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -129,7 +130,7 @@ def sample_masked(
                 context = window_context(prefix, idx, i, top, left, targets[0], w)  # (B, n)
                 logits = gpt(context[:, cache.length:], cache)[:, -1]  # (B, V)
                 for j, following in zip(targets, targets[1:] + [None]):
-                    idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+                    idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator, n_codes)
                     done += 1
                     if progress is not None:
                         progress(done, total)

@@ -29,13 +29,16 @@ def sample_logits(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    n_codes: int | None = None,
 ) -> torch.Tensor:
     """Draw one token per row of `logits` (B, V) -> (B,).
 
     Order as in taming (temperature, then top-k keeping ties) followed by nucleus filtering;
     greedy decoding is ``top_k=1``. Always one multinomial draw per row, so the generator advances
-    the same way whatever the filters.
+    the same way whatever the filters. `n_codes`: draw only ids below it, the image codebook's (the
+    vocabulary may be larger: it also holds condition tokens, e.g. a null token for guidance).
     """
+    logits = logits if n_codes is None else logits[:, :n_codes]
     if not temperature > 0:
         raise VqtError(f"temperature must be > 0, got {temperature}")
     if top_k is not None and top_k < 1:
@@ -90,6 +93,7 @@ def sample_raster(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    n_codes: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     progress: Progress | None = None,
@@ -113,7 +117,7 @@ def sample_raster(
         cache = gpt.new_cache(B, P + n_tokens - 1) if use_cache else None
         logits = gpt(prefix, cache)[:, -1]  # (B, V)
         for k in range(n_tokens):
-            out[:, k] = sample_logits(logits, temperature, top_k, top_p, generator)
+            out[:, k] = sample_logits(logits, temperature, top_k, top_p, generator, n_codes)
             if progress is not None:
                 progress(k + 1, n_tokens)
             if k + 1 == n_tokens:
@@ -176,6 +180,7 @@ def sample_sliding(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    n_codes: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -219,7 +224,7 @@ def sample_sliding(
                 context = window_context(prefix, idx, i, top, left, a, w)  # (B, n)
                 logits = gpt(context[:, cache.length :], cache)[:, -1]  # (B, V)
                 for j in range(a, b):
-                    idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+                    idx[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator, n_codes)
                     if progress is not None:
                         progress(i * W + j + 1, H * W)
                     if j + 1 < b:

@@ -133,6 +133,7 @@ def sample_local(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    n_codes: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -176,7 +177,7 @@ def sample_local(
                 if guided:
                     c, u = logits.chunk(2)
                     logits = u + cfg_scale * (c - u)
-                idx[:, y, x] = sample_logits(logits, temperature, top_k, top_p, generator)
+                idx[:, y, x] = sample_logits(logits, temperature, top_k, top_p, generator, n_codes)
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -42,11 +42,16 @@ LOCAL_KEYS = ("attention", "neighbourhood")  # only local models store them: old
 
 @dataclass
 class ConditionSpec:
-    """A condition plugin with its parsed options and, when it has one, its loaded VQGAN stage."""
+    """A condition plugin with its parsed options and, when it has one, its loaded VQGAN stage.
+
+    `dropout` (condition.dropout) > 0 gives a grid condition classifier-free guidance whatever its
+    plugin: one more token id, the null token, stands for "no condition", and training replaces a
+    whole grid by it with that probability."""
 
     condition: Condition
     options: Any
     stage: Stage1Model | None
+    dropout: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: ConditionConfig, where: str, device: str | torch.device = "cpu") -> ConditionSpec | None:
@@ -63,7 +68,10 @@ class ConditionSpec:
                                   f"and model.in_channels = model.out_channels = {channels}")
             stage = Stage1Model.load(cfg.stage, device)
             _check_stage(condition, options, stage, cfg.stage, where)
-        return cls(condition, options, stage)
+        if cfg.dropout and not (condition.kind == "spatial" and condition.has_stage):
+            raise RecipeError(f"{where}: condition.dropout applies to spatial conditions encoded by a VQGAN, not "
+                              f"'{cfg.name}' ({condition.kind}); see its own options with 'vqt plugins'")
+        return cls(condition, options, stage, cfg.dropout)
 
     @property
     def name(self) -> str:
@@ -75,7 +83,7 @@ class ConditionSpec:
         return self.condition.kind in ("spatial", "positional")
 
     def vocab_size(self) -> int:
-        return self.condition.vocab_size(self.options, self.stage)
+        return self.condition.vocab_size(self.options, self.stage) + (1 if self.dropout else 0)
 
     @torch.no_grad()
     def tokens(self, raw: torch.Tensor) -> torch.Tensor:
@@ -109,12 +117,23 @@ class ConditionSpec:
         return self.condition.render(raw, self.options)
 
     def train_tokens(self, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Tokens as the transformer sees them in training (e.g. label dropout)."""
-        return self.condition.train_tokens(tokens, self.options, generator)
+        """Tokens as the transformer sees them in training: whole grids dropped to the null token
+        with probability `dropout`, or what the plugin does (e.g. class label dropout)."""
+        if not self.dropout:
+            return self.condition.train_tokens(tokens, self.options, generator)
+        drop = torch.rand(len(tokens), generator=generator, device=generator.device) < self.dropout
+        return torch.where(drop.to(tokens.device)[:, None, None], self.null_token, tokens)  # (B, h, w)
 
     def null_tokens(self) -> torch.Tensor | None:
         """The "no condition" tokens for classifier-free guidance, or None."""
+        if self.dropout:
+            return torch.tensor([self.null_token])
         return self.condition.null_tokens(self.options)
+
+    @property
+    def null_token(self) -> int:
+        """With `dropout`: the id after the plugin's own tokens."""
+        return self.condition.vocab_size(self.options, self.stage)
 
     def fidelity(self, images: torch.Tensor, raw: torch.Tensor) -> dict[str, float]:
         """How faithfully samples follow the raw condition `raw` (figures named by the plugin)."""
@@ -187,6 +206,8 @@ class Stage2Model:
         }
         if self.condition and self.condition.stage:
             config["cond_stage"] = self.condition.stage.config()
+        if self.condition and self.condition.dropout:
+            config["condition_dropout"] = self.condition.dropout
         return config
 
     def tensors(self, gpt: GPT | None = None) -> dict[str, torch.Tensor]:
@@ -215,7 +236,7 @@ class Stage2Model:
             if condition.has_stage and stage is None:
                 raise CheckpointError(f"{bundle.path} is damaged: condition '{condition.name}' needs its "
                                       "VQGAN, but the bundle has no cond_stage")
-            spec = ConditionSpec(condition, options, stage)
+            spec = ConditionSpec(condition, options, stage, float(config.get("condition_dropout", 0.0)))
         t = config["transformer"]
         local = {k: tuple(t[k]) if isinstance(t[k], list) else t[k] for k in LOCAL_KEYS if k in t}
         gpt_config = GPTConfig(**{k: t[k] for k in ARCHITECTURE_KEYS}, **local)  # dropouts off: for inference
@@ -306,7 +327,7 @@ class Stage2Model:
         Local-attention models sample every size with their rolling cache and refuse `window_stride`."""
         grid = self.check_size(*size)
         stride = self._stride(window_stride)
-        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_codes=self.first_stage.n_codes)
 
         def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
                  guidance: Guidance) -> torch.Tensor:
@@ -339,7 +360,7 @@ class Stage2Model:
         codes = self.first_stage.encode(image[None])[0]  # (h, w)
         keep, resample = place(codes, None if mask is None else code_mask(mask, self.factor), grid, anchor)
         stride = self._stride(window_stride)
-        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        draws = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_codes=self.first_stage.n_codes)
 
         def draw(cond_tokens: torch.Tensor | None, b: int, generator: torch.Generator, step: Progress,
                  guidance: Guidance) -> torch.Tensor:
@@ -359,7 +380,13 @@ class Stage2Model:
         return window_stride if window_stride is not None else max(1, self.window // 2)
 
     def _guided(self, guidance: Guidance) -> Any:
-        return self.gpt if guidance is None else GuidedGPT(self.gpt, *guidance)
+        """The GPT for the full-attention samplers; a grid's one null token fills its whole window."""
+        if guidance is None:
+            return self.gpt
+        null, scale = guidance
+        if self.condition is not None and self.condition.grid_like:
+            null = null.expand(self.window * self.window)
+        return GuidedGPT(self.gpt, null, scale)
 
     def _local_condition(self, cond_tokens: torch.Tensor | None, batch: int) -> torch.Tensor:
         """The local sampler's condition: the whole grid, the global tokens, or the start token."""
@@ -376,8 +403,8 @@ class Stage2Model:
         if cfg_scale != 1.0:
             null = self.condition.null_tokens() if self.condition else None
             if null is None:
-                raise VqtError(f"--cfg-scale needs a condition whose plugin gives null tokens (a null_tokens "
-                               f"method, trained with label dropout); "
+                raise VqtError(f"--cfg-scale needs a model trained with a null condition (condition.dropout "
+                               f"for grid conditions, label_dropout for class); "
                                f"this model's is '{self.condition.name if self.condition else 'none'}'")
             guidance = (null.to(self.device), cfg_scale)
         generator = torch.Generator(device=self.device).manual_seed(seed)

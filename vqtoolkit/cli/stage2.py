@@ -71,7 +71,7 @@ def train_stage2_command(recipe_path: str, overrides: tuple[str, ...], out: str 
                    "window (see benchmarks/README.md for speed and quality). Full-attention models only: "
                    "local-attention models sample with a rolling cache and refuse it.")
 @click.option("--cfg-scale", type=float, default=1.0, show_default=True,
-              help="Classifier-free guidance scale (models trained with label dropout).")
+              help="Classifier-free guidance scale (models trained with condition.dropout, or a class model's label_dropout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("-o", "--out", required=True, help="Output folder, or a .png file when --n 1.")
 @click.option("--codes", "keep_codes", is_flag=True, help="Also write the sampled indices (.npy).")
