@@ -13,6 +13,11 @@ The option `inverse` takes 1/value first: it turns distance into disparity, the 
 MiDaS maps the paper's D-RIN used. Min-max normalised distance squeezes the near half of a ground
 plane into a few percent of the range (distance ~ 1/row below the horizon), where a condition VQGAN
 gives many rows one code; disparity grows linearly down the image, so every row keeps its own value.
+
+The option `slope` adds a second channel, the normalised map's vertical slope. Depth alone cannot tell
+the foot of an object from the ground beside it: both lie at the same depth. Their slopes differ: the
+ground's depth changes from row to row, an upright surface's (and the sky's) does not, so the slope
+marks where an object stands in every row it covers, not only at its outline.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class DepthOptions:
 
     encoding: Literal["auto", "taming-rgba", "plain"] = "auto"
     inverse: bool = False  # 1/value before normalising: distance maps become disparity (MiDaS's convention)
+    slope: bool = False  # a second channel, the vertical slope: rising on the ground, flat on upright surfaces
 
 
 def normalise(depth: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
@@ -60,6 +66,19 @@ def invert(depth: np.ndarray, where: str) -> np.ndarray:
     return (1.0 / depth).astype(np.float32)
 
 
+SLOPE_GAIN = 64.0  # the rise over 64 rows (a training crop): a disparity ground plane reads 0.4-0.8, tanh keeps edges in (-1, 1)
+
+
+def with_slope(depth: torch.Tensor, options: DepthOptions) -> torch.Tensor:
+    """(1, H, W) normalised depth -> (2, H, W) with tanh(SLOPE_GAIN · d depth/d row) when `options.slope`
+    (central differences over the map with its edge rows repeated)."""
+    if not options.slope:
+        return depth
+    padded = torch.cat([depth[:, :1], depth, depth[:, -1:]], dim=1)
+    slope = torch.tanh(SLOPE_GAIN * (padded[:, 2:] - padded[:, :-2]) / 2)
+    return torch.cat([depth, slope])
+
+
 class DepthCondition(Condition):
     name = "depth"
     description = "Depth maps, min-max normalised and encoded by a single-channel VQGAN (D-RIN)."
@@ -67,7 +86,7 @@ class DepthCondition(Condition):
     Options = DepthOptions
 
     def stage_channels(self, options: DepthOptions) -> int:
-        return 1
+        return 2 if options.slope else 1
 
     def from_item(self, item: dict[str, Any], options: DepthOptions) -> torch.Tensor:
         ranges: list[tuple[float, float]] = []  # a paired file's whole range, seen as it is loaded
@@ -89,19 +108,19 @@ class DepthCondition(Condition):
             if value_range is not None:
                 lo, hi = invert(np.asarray(value_range, np.float32), f"{where}: its depth range")
                 value_range = (float(hi), float(lo))
-        return normalise(torch.from_numpy(depth), value_range)
+        return with_slope(normalise(torch.from_numpy(depth), value_range), options)
 
     def read(self, spec: str, size: tuple[int, int], options: DepthOptions) -> torch.Tensor:
         """A depth map: 16-bit PNG, float TIFF, .npy (H, W) or taming's packed RGBA PNG, of exactly the
         sample size."""
         depth = read_depth(spec, options.encoding)
         check_size(depth.shape, size, spec, "depth map")
-        return normalise(torch.from_numpy(invert(depth, spec) if options.inverse else depth))
+        return with_slope(normalise(torch.from_numpy(invert(depth, spec) if options.inverse else depth)), options)
 
     def render(self, raw: torch.Tensor, options: DepthOptions) -> np.ndarray:
         """Near bright: small values bright for distance maps such as the synthetic scenes', large
-        ones with `inverse` (disparity)."""
-        check_channels(raw, 1, self.name)
+        ones with `inverse` (disparity). The slope channel is not drawn."""
+        check_channels(raw, self.stage_channels(options), self.name)
         return grey_picture((1 + raw[0]) / 2 if options.inverse else (1 - raw[0]) / 2)
 
 

@@ -359,7 +359,7 @@ def test_bare_state_dict_and_one_channel_model(tmp_path):
     convert_checkpoint(tmp_path / "depth.ckpt", tmp_path / "depth.safetensors", condition="depth")
     model = Stage1Model.load(tmp_path / "depth.safetensors")
     assert (model.model_config.in_channels, model.model_config.out_channels) == (1, 1)
-    assert load_bundle(tmp_path / "depth.safetensors").condition == stored("depth", {"encoding": "auto", "inverse": False})
+    assert load_bundle(tmp_path / "depth.safetensors").condition == stored("depth", {"encoding": "auto", "inverse": False, "slope": False})
     x = torch.rand(1, 1, 8, 8)
     z = conv(model.vqgan.encoder(x), sd, "quant_conv")
     assert torch.equal(model.encode(x), nearest_codes(z, sd["quantize.embedding.weight"]))
@@ -477,7 +477,7 @@ def test_vq_condition_stage_needs_its_name_and_heads(tmp_path):
     assert sum("assumed 256" in w for w in report.warnings) == 2
     assert "cond_stage_model.loss.discriminator.main.0.weight" in report.dropped
     bundle = load_bundle(dst)
-    assert bundle.condition == bundle.config["condition"] == stored("depth", {"encoding": "auto", "inverse": False})
+    assert bundle.condition == bundle.config["condition"] == stored("depth", {"encoding": "auto", "inverse": False, "slope": False})
     cond = Stage1Model.from_bundle(bundle, "cond", "cond_stage")
     assert cond.model_config.in_channels == 1
     c = torch.rand(1, 1, 8, 8)

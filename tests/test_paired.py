@@ -104,6 +104,29 @@ def test_inverse_depth_is_disparity_in_the_whole_maps_range(paired_root, tmp_pat
         c.read(str(tmp_path / "zero.npy"), (30, 40), o)
 
 
+def test_depth_slope_tells_an_objects_foot_from_the_ground_beside_it(tmp_path):
+    """condition.slope: a second channel, rising on the ground and flat on the sky and on an upright
+    box, including the box's foot, whose depth equals the ground's beside it."""
+    H, W, horizon = 48, 64, 16
+    rows = np.arange(H, dtype=np.float32)[:, None].repeat(W, 1)
+    distance = np.where(rows < horizon, 8.0, 16.0 / np.maximum(rows - horizon + 1, 1)).astype(np.float32)
+    foot = 40  # the box stands on row 40, at that row's distance, over rows 26..40
+    distance[26:foot + 1, 20:36] = distance[foot, 0]
+    np.save(tmp_path / "box.npy", distance)
+    c, _ = cond("depth")
+    o = c.Options(inverse=True, slope=True)
+    assert c.stage_channels(o) == 2 and c.stage_channels(c.Options()) == 1
+    raw = c.read(str(tmp_path / "box.npy"), (H, W), o)
+    assert raw.shape == (2, H, W) and torch.equal(raw[:1], c.read(str(tmp_path / "box.npy"), (H, W), c.Options(inverse=True)))
+    depth, slope = raw
+    assert torch.allclose(depth[foot, 28], depth[foot, 5])  # depth alone cannot tell them apart
+    assert slope[foot - 1, 28].abs() < 1e-6 < 0.3 < slope[foot - 1, 5]  # the slope can
+    assert slope[2:horizon - 2].abs().max() < 1e-6 and slope[horizon + 2:, :10].min() > 0.3
+    assert c.render(raw, o).shape == (H, W, 3)
+    item = SyntheticScenes(1, 32, seed=1, train=False, scene_size=(72, 128))[0]
+    assert c.from_item(item, o).shape == (2, 32, 32)
+
+
 def test_paired_pose_follows_crop_and_flip(paired_root):
     """Keypoints drawn through the item's crop equal a cut of the full-size drawing; a flipped crop
     equals a cut of the flipped scene's (left and right swapped, as the synthetic scenes do)."""
