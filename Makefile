@@ -25,7 +25,7 @@ demo: $(BIN)/.installed
 	$(BIN)/vqt tokenize recipes/quickstart-depth-local.toml --out runs/quickstart-depth-tokens --force
 	$(BIN)/vqt train-stage2 recipes/quickstart-depth-local.toml --force
 	$(BIN)/vqt scene --size 1024x576 --seed 7 --world graded -o demo/scene --force
-	$(BIN)/vqt sample --model runs/quickstart-depth-local/last.safetensors --cond demo/scene/depth.png --size 1024x576 --top-k 8 -o demo/depth --force
+	$(BIN)/vqt sample --model runs/quickstart-depth-local/last.safetensors --cond demo/scene/depth.png --size 1024x576 --top-k 8 --cfg-scale 2 -o demo/depth --force
 	$(BIN)/vqt sample --model runs/quickstart-stage2-local/last.safetensors --size 512x288 --top-k 8 -o demo/unconditional.png --force
 	$(BIN)/vqt eval recipes/quickstart-depth-local.toml --model runs/quickstart-depth-local/last.safetensors \
 		--baseline runs/quickstart-stage2-local/last.safetensors --n 256 --grid demo/depth-eval.png --force
