@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqtoolkit.api import Stage1Model
+from vqtoolkit.checkpoint import load_bundle
 from vqtoolkit.cli import cli
 from vqtoolkit.stage2 import Stage2Model
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
@@ -138,6 +139,23 @@ def test_tokenize_then_train_on_shards(first_stage, tiny_stage2, tmp_path):
     assert result.exit_code == 0, result.output
     again = CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards)])
     assert again.exit_code == 1 and "already holds finished token shards" in again.output
+
+
+def test_an_unconditional_model_trains_on_a_conditional_tasks_shards(first_stage, tiny_stage2, tmp_path):
+    """The demo's baseline reads the image codes of the depth task's shards (the same crops); a
+    conditional recipe still needs shards of its own condition."""
+    recipe = tiny_stage2(tmp_path / "tiny2.toml", first_stage)
+    superres = ["--set", "condition.name=superres", "--set", f"condition.stage='{first_stage}'", "--set", "condition.factor=2"]
+    shards = tmp_path / "tokens"
+    assert CliRunner().invoke(cli, ["tokenize", str(recipe), "--out", str(shards), *superres]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "run"),
+                                      "--set", f"data.tokens='{shards}'"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "run" / "last.safetensors").condition["name"] == ""
+    result = CliRunner().invoke(cli, ["train-stage2", str(recipe), "--out", str(tmp_path / "edge"),
+                                      "--set", f"data.tokens='{shards}'", "--set", "condition.name=edge",
+                                      "--set", f"condition.stage='{first_stage}'", "--set", "condition.channels=3"])
+    assert result.exit_code == 1 and "carry condition 'superres' but the recipe's is 'edge'" in result.output
 
 
 def test_shards_from_another_first_stage_are_refused(first_stage, tiny_stage2, tmp_path):

@@ -120,9 +120,10 @@ def tokenize(dataset: Dataset, out: str | Path, *, encode: Callable[[dict[str, A
 
 
 class TokenShards(Dataset):
-    """Items {"codes": (h, w) int64, "cond": (...) int64?} from a finished shard folder."""
+    """Items {"codes": (h, w) int64, "cond": (...) int64?} from a finished shard folder;
+    `condition=False` reads the codes only (an unconditional model on a conditional task's shards)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, condition: bool = True) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(folder)
         if not self.manifest.get("complete"):
@@ -130,7 +131,7 @@ class TokenShards(Dataset):
                             f"{self.manifest['total']}); run 'vqt tokenize' again to finish them")
         self.arrays: dict[str, np.ndarray] = {}
         for key in self.manifest["shards"][0] if self.manifest["shards"] else {}:
-            if key == "count":
+            if key == "count" or (key == "cond" and not condition):
                 continue
             parts = [self._load(s[key]) for s in self.manifest["shards"]]
             self.arrays[key] = np.concatenate(parts)

@@ -54,7 +54,7 @@ def stage2_data(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) 
 
 
 def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | None) -> TokenShards:
-    shards = TokenShards(recipe.data.tokens)
+    shards = TokenShards(recipe.data.tokens, condition=spec is not None)
     want = fingerprint(first.tensors())
     have = shards.manifest.get("first_stage", {}).get("fingerprint")
     if have != want:
@@ -76,10 +76,11 @@ def _checked_shards(recipe: Recipe, first: Stage1Model, spec: ConditionSpec | No
 
 def _check_shard_condition(have: dict[str, Any], spec: ConditionSpec | None, recipe: Recipe) -> None:
     """The shards' condition must be the recipe's, option by option with defaults filled in: a
-    default spelled out in one of them is no difference, any other value is."""
+    default spelled out in one of them is no difference, any other value is. An unconditional
+    recipe reads any shards' codes."""
     where, fix = f"token shards in {recipe.data.tokens}", "re-run 'vqt tokenize' with this recipe"
     name, want = have.get("name", ""), spec.name if spec else ""
-    if name != want:
+    if name != want and spec is not None:
         raise RecipeError(f"{where} carry condition '{name or 'none'}' but the recipe's is "
                           f"'{want or 'none'}'; {fix}")
     if spec is not None:
