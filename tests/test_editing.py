@@ -24,7 +24,8 @@ from vqtoolkit.plugins import get_condition
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 from vqtoolkit.sampling import GuidedGPT, sample_sliding, window_start
 from vqtoolkit.stage1 import Stage1Model
-from vqtoolkit.stage2 import ConditionSpec, Stage2Model
+from vqtoolkit.condition_spec import ConditionSpec
+from vqtoolkit.stage2 import Stage2Model
 
 WINDOW = 4  # codes; the VQGAN has f = 4, so the window is 16x16 pixels
 

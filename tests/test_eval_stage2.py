@@ -24,7 +24,8 @@ from vqtoolkit.evaluation_stage2 import (BATCH_SIZE, baseline_figures, held_out_
 from vqtoolkit.models.transformer import GPT, GPTConfig
 from vqtoolkit.plugins import get_condition
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
-from vqtoolkit.stage2 import ConditionSpec, Stage2Model
+from vqtoolkit.condition_spec import ConditionSpec
+from vqtoolkit.stage2 import Stage2Model
 from vqtoolkit_plugins.edge import edge_f1
 from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 

@@ -9,7 +9,8 @@ from vqtoolkit.models.transformer import GPT, GPTConfig
 from vqtoolkit.plugins import get_condition
 from vqtoolkit.recipes import ConditionConfig, ModelConfig, QuantizerConfig
 from vqtoolkit.stage1 import Stage1Model
-from vqtoolkit.stage2 import ConditionSpec, Stage2Model
+from vqtoolkit.condition_spec import ConditionSpec
+from vqtoolkit.stage2 import Stage2Model
 
 from .test_local_transformer import local_gpt, reference
 

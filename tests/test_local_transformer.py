@@ -17,7 +17,8 @@ from vqtoolkit.plugins import get_condition
 from vqtoolkit.recipes import ModelConfig, QuantizerConfig
 from vqtoolkit.sampling_local import ConditionRows, RollingCache, null_condition, sample_local
 from vqtoolkit.stage1 import Stage1Model
-from vqtoolkit.stage2 import ConditionSpec, Stage2Model
+from vqtoolkit.condition_spec import ConditionSpec
+from vqtoolkit.stage2 import Stage2Model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,7 +20,7 @@ from PIL import Image
 from vqtoolkit.cli import cli
 from vqtoolkit.plugins import get_condition
 from vqtoolkit.data.recipe import WithCondition, held_out_dataset
-from vqtoolkit.stage2 import ConditionSpec
+from vqtoolkit.condition_spec import ConditionSpec
 from vqtoolkit.recipes import load_recipe
 from vqtoolkit_plugins.synthetic.render import render_scene
 

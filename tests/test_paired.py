@@ -12,7 +12,7 @@ from PIL import Image
 from vqtoolkit.plugins import get_condition
 from vqtoolkit.data import PairedFolder, crop_like
 from vqtoolkit.data.recipe import WithCondition
-from vqtoolkit.stage2 import ConditionSpec
+from vqtoolkit.condition_spec import ConditionSpec
 from vqtoolkit.errors import DataError
 from vqtoolkit_plugins.synthetic.dataset import SyntheticScenes
 from vqtoolkit_plugins.synthetic.render import NEAR_DEPTH, SKY_DEPTH, flip_pose, render_scene

@@ -9,7 +9,7 @@ import torch
 
 from vqtoolkit.api import Stage1Model, build_vqgan
 from vqtoolkit.plugins import get_condition
-from vqtoolkit.stage2 import ConditionSpec
+from vqtoolkit.condition_spec import ConditionSpec
 from vqtoolkit.recipes import Recipe, load_recipe, recipe_from_dict
 from vqtoolkit.train.stage2 import build_gpt
 

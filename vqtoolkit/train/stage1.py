@@ -24,7 +24,7 @@ from ..losses import VQLoss
 from ..plugins import get_condition
 from ..recipes import Recipe
 from ..stage1 import Stage1Model
-from ..stage2 import ConditionSpec
+from ..condition_spec import ConditionSpec
 from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
 from .run_dir import RunDir
 from .runtime import Runtime, lr_factor, no_sync, scaled_lr

@@ -27,7 +27,8 @@ from ..models.local_transformer import LocalGPT, build_transformer
 from ..models.transformer import GPT, GPTConfig, corrupt_tokens, image_loss
 from ..recipes import Recipe
 from ..stage1 import Stage1Model
-from ..stage2 import ConditionSpec, Stage2Model, check_condition_grid, prefix_length
+from ..condition_spec import ConditionSpec, check_condition_grid, prefix_length
+from ..stage2 import Stage2Model
 from ..windows import Sequences
 from .loop import Job, ModelEMA, Progress, check_finite, fit, start_run
 from .run_dir import RunDir

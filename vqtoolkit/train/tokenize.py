@@ -16,7 +16,7 @@ from ..recipes import Recipe
 from ..schema import option_values
 from ..source_options import data_source
 from ..stage1 import Stage1Model
-from ..stage2 import ConditionSpec, check_condition_grid
+from ..condition_spec import ConditionSpec, check_condition_grid
 
 
 def tokenize_recipe(recipe: Recipe, out: str | Path, *, model_path: str = "", device: str = "cpu",
