@@ -12,19 +12,11 @@ from vqtoolkit.stage1 import Stage1Model
 from vqtoolkit.condition_spec import ConditionSpec
 from vqtoolkit.stage2 import Stage2Model
 
-from .test_local_transformer import local_gpt, reference
+from .test_local_transformer import first, local_gpt, reference  # noqa: F401 (first: the 16-code image VQGAN fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 WINDOW = 4
-
-
-@pytest.fixture(scope="module")
-def first():
-    torch.manual_seed(0)
-    return Stage1Model.build(ModelConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(),
-                                         z_channels=8, resolution=16),
-                             QuantizerConfig(embed_dim=8, options={"n_codes": 16}))
 
 
 @pytest.fixture(scope="module")
